@@ -1,0 +1,119 @@
+# tlsshim build.  `make` builds build/libtlsshim.so and build/tlsshim.
+#
+#   make test           every test: unit, in-process, end-to-end
+#   make test-unit      GoogleTest unit tests of each module
+#   make test-inproc    in-process semantics tests against the built library
+#   make test-e2e       BATS tests with stock clients and real servers
+#   make lint           clang-format check, cppcheck, banned functions
+#   make SANITIZE=address|undefined|thread ...   sanitizer build in build-<name>/
+#   make demo           the README's demo
+
+SANITIZE ?=
+BUILD ?= $(if $(SANITIZE),build-$(SANITIZE),build)
+VERSION := 0.1.0
+
+CC ?= gcc
+CXX ?= g++
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes -Werror
+HARDEN := -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIC
+SAN_address := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+SAN_undefined := -fsanitize=undefined -fno-sanitize-recover=undefined
+SAN_thread := -fsanitize=thread
+SANFLAGS := $(if $(SANITIZE),$(SAN_$(SANITIZE)) -fno-omit-frame-pointer,)
+OPT := $(if $(filter thread,$(SANITIZE)),-O1,-O2)
+
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) $(HARDEN) $(SANFLAGS) \
+	-fvisibility=hidden -DTLSSHIM_VERSION='"$(VERSION)"' $(CFLAGS)
+CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror $(SANFLAGS) \
+	-Ishim $(CXXFLAGS)
+LDHARDEN := -Wl,-z,relro,-z,now
+LIBS := -lssl -lcrypto -ldl -lpthread
+
+LIB_MODULES := real conf names fdreg log tlsio relay shim
+LIB_OBJS := $(LIB_MODULES:%=$(BUILD)/obj/%.o)
+HEADERS := $(wildcard shim/*.h)
+
+all: $(BUILD)/libtlsshim.so $(BUILD)/tlsshim
+
+$(BUILD)/obj/%.o: shim/%.c $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/libtlsshim.so: $(LIB_OBJS) shim/exports.map
+	$(CC) -shared $(SANFLAGS) $(LDHARDEN) -Wl,--version-script=shim/exports.map \
+		-Wl,--no-undefined -o $@ $(LIB_OBJS) $(LIBS)
+
+$(BUILD)/tlsshim: $(BUILD)/obj/cli.o
+	$(CC) $(SANFLAGS) $(LDHARDEN) -pie -o $@ $^
+
+# --- tests -------------------------------------------------------------------
+
+CERTS := $(BUILD)/test-certs
+GTEST_LIBS := -lgtest -lgtest_main -lpthread
+
+# Unit tests link only the module under test and what it needs, never shim.o
+# (whose exported connect() etc. would interpose the test binary itself).
+UNIT_DEPS_names := names
+UNIT_DEPS_conf := conf
+UNIT_DEPS_fdreg := fdreg real
+UNIT_DEPS_log := log conf fdreg real
+UNIT_DEPS_tlsio := tlsio conf
+UNIT_DEPS_relay := relay log conf fdreg real tlsio
+UNIT_TESTS := $(patsubst tests/unit/%_test.cc,%,$(wildcard tests/unit/*_test.cc))
+UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/tests/%_test)
+
+$(BUILD)/tests/%_test: tests/unit/%_test.cc $(HEADERS) $(wildcard tests/unit/*.h) $(BUILD)/libtlsshim.so
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_ALL) -o $@ $< $(foreach m,$(UNIT_DEPS_$*),$(BUILD)/obj/$(m).o) \
+		$(GTEST_LIBS) $(LIBS)
+
+# The semantics tests are linked against the built library, placed before
+# libc, so every connect() of the test process goes through the shim.
+INPROC_SRCS := $(wildcard tests/inproc/*.cc)
+$(BUILD)/tests/semantics_test: $(INPROC_SRCS) $(wildcard tests/inproc/*.h) $(BUILD)/libtlsshim.so
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_ALL) -Itests/inproc -o $@ $(INPROC_SRCS) \
+		-L$(BUILD) -Wl,--no-as-needed -ltlsshim -Wl,-rpath,$(abspath $(BUILD)) \
+		$(GTEST_LIBS) -lssl -lcrypto -lpthread
+
+certs: $(CERTS)/.done
+$(CERTS)/.done: scripts/gen-certs.sh
+	bash scripts/gen-certs.sh $(CERTS)
+
+test-unit: $(UNIT_BINS) certs
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; \
+		TLSSHIM_CERTS=$(abspath $(CERTS)) $$t --gtest_brief=1; done
+
+test-inproc: $(BUILD)/tests/semantics_test certs
+	TLSSHIM_CA_FILE=$(abspath $(CERTS))/ca.pem TLSSHIM_CERTS=$(abspath $(CERTS)) \
+		$(BUILD)/tests/semantics_test --gtest_brief=1
+
+test-e2e: all certs
+	TLSSHIM_LIB=$(abspath $(BUILD))/libtlsshim.so TLSSHIM_BIN=$(abspath $(BUILD))/tlsshim \
+		TLSSHIM_CERTS=$(abspath $(CERTS)) bats --timing tests/e2e
+
+test: test-unit test-inproc test-e2e
+
+# --- lint --------------------------------------------------------------------
+
+C_SOURCES := $(wildcard shim/*.c shim/*.h)
+CXX_SOURCES := $(wildcard tests/unit/*.cc tests/inproc/*.cc tests/inproc/*.h)
+
+lint:
+	clang-format --dry-run -Werror $(C_SOURCES) $(CXX_SOURCES)
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability,performance \
+		--std=c11 -D_GNU_SOURCE -D__linux__ --suppress=missingIncludeSystem \
+		--inline-suppr shim/
+	bash scripts/lint-extra.sh
+
+format:
+	clang-format -i $(C_SOURCES) $(CXX_SOURCES)
+
+demo:
+	bash scripts/demo.sh
+
+clean:
+	rm -rf build build-address build-undefined build-thread
+
+.PHONY: all certs test test-unit test-inproc test-e2e lint format demo clean
+.DELETE_ON_ERROR:

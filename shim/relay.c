@@ -1,0 +1,660 @@
+/*
+ * relay.c: the relay thread.
+ *
+ * A level-triggered epoll loop over two descriptors per connection: the
+ * relay's end of the program's socketpair ("app") and the TLS socket
+ * ("net").  Each readiness event runs pump() for its connection, which moves
+ * data both ways until something would block, then registers exactly the
+ * readiness that is now needed.  Every OpenSSL call is non-blocking and
+ * driven by SSL_get_error() (a blocking SSL_read would swallow TLS 1.3
+ * tickets and then wait for data that may never come).
+ *
+ * Buffers: a connection owns no data buffer while idle.  Data goes through
+ * one per-thread scratch buffer; only what could not be passed on at once
+ * is copied into a per-connection stash, which also stops reading from that
+ * side until it drains (backpressure both ways).
+ *
+ * Half-close: EOF from the program sends close_notify and a TCP FIN while the
+ * other direction keeps flowing; close_notify or EOF from the server becomes
+ * EOF for the program (shutdown(SHUT_WR) on the socketpair).
+ */
+#include "relay.h"
+
+#include "conf.h"
+#include "fdreg.h"
+#include "log.h"
+#include "real.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <time.h>
+#include <openssl/err.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define SCRATCH_SIZE  (64 * 1024)
+#define MAX_EVENTS    256
+#define EXIT_FLUSH_MS 3000
+
+enum { SIDE_APP = 0, SIDE_NET = 1, SIDE_WAKE = 2 };
+
+struct relay_conn;
+
+struct side {
+	struct relay_conn *c;
+	int which;
+};
+
+struct stash {
+	unsigned char *buf;
+	size_t off;
+	size_t len;
+};
+
+struct relay_conn {
+	struct relay_conn *next; /* all connections, or the zombie list */
+	struct relay_conn *prev;
+	struct side sides[2];
+	int app_fd;
+	int net_fd;
+	ino_t ino;
+	SSL *ssl;
+	struct stash up;   /* program -> server, refused by SSL_write so far */
+	struct stash down; /* server -> program, refused by the socketpair so far */
+	uint32_t app_mask; /* registered epoll events, ~0 when not registered */
+	uint32_t net_mask;
+	unsigned int ssl_up_wants;   /* EPOLLIN/EPOLLOUT that SSL_write/shutdown needs */
+	unsigned int ssl_down_wants; /* EPOLLIN/EPOLLOUT that SSL_read needs */
+	bool app_eof;                /* the program shut its writing side */
+	bool app_gone;               /* the program closed its end altogether */
+	bool net_eof;                /* close_notify or EOF from the server */
+	bool net_dead;               /* the TCP connection failed; nothing more to send */
+	bool net_hup;                /* both TCP directions closed: read without epoll */
+	bool notify_sent;            /* close_notify sent, FIN sent */
+	bool app_shut;               /* EOF delivered to the program */
+	bool dead;                   /* torn down, waiting to be freed */
+	struct sockaddr_storage peer;
+	char name[256];
+};
+
+static pthread_mutex_t relay_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t relay_cond = PTHREAD_COND_INITIALIZER;
+static bool relay_running;
+static bool relay_exiting; /* atexit: flush and stop */
+static bool relay_stopped; /* the thread left its loop */
+static bool relay_atexit_set;
+static pthread_t relay_thread;
+static int relay_epfd = -1;
+static int relay_wakefd = -1;
+static struct relay_conn *relay_conns;
+static struct relay_conn *relay_zombies; /* torn down this batch, freed after it */
+static long relay_nconns;
+static struct side relay_wake_side = {NULL, SIDE_WAKE};
+static unsigned char *relay_scratch;
+
+/* --- stashes ---------------------------------------------------------------- */
+
+static bool stash_empty(const struct stash *s)
+{
+	return s->len == s->off;
+}
+
+static void stash_clear(struct stash *s)
+{
+	if (s->buf != NULL)
+		OPENSSL_cleanse(s->buf, s->len);
+	free(s->buf);
+	s->buf = NULL;
+	s->off = s->len = 0;
+}
+
+/* Keeps `len` bytes that could not be passed on. Returns 0 or -1 (ENOMEM). */
+static int stash_keep(struct stash *s, const unsigned char *data, size_t len)
+{
+	s->buf = malloc(len);
+	if (s->buf == NULL)
+		return -1;
+	memcpy(s->buf, data, len);
+	s->off = 0;
+	s->len = len;
+	return 0;
+}
+
+static void stash_consume(struct stash *s, size_t n)
+{
+	s->off += n;
+	if (s->off == s->len)
+		stash_clear(s);
+}
+
+/* --- registration ----------------------------------------------------------- */
+
+static void relay_set_mask(struct relay_conn *c, int which, uint32_t want)
+{
+	uint32_t *mask = which == SIDE_APP ? &c->app_mask : &c->net_mask;
+	int fd = which == SIDE_APP ? c->app_fd : c->net_fd;
+	struct epoll_event ev = {.events = want, .data.ptr = &c->sides[which]};
+
+	if (*mask == want)
+		return;
+	if (want == (uint32_t)~0U) {
+		/* Unregister: a dead side would report HUP/ERR forever. */
+		epoll_ctl(relay_epfd, EPOLL_CTL_DEL, fd, NULL);
+	} else if (*mask == (uint32_t)~0U) {
+		return; /* never re-registered once removed */
+	} else {
+		epoll_ctl(relay_epfd, EPOLL_CTL_MOD, fd, &ev);
+	}
+	*mask = want;
+}
+
+static void relay_log_failure(struct relay_conn *c, const char *reason)
+{
+	struct log_event ev;
+
+	log_event_init(&ev, LOG_ERR, "relay_failed");
+	ev.dir = "out";
+	ev.peer = (const struct sockaddr *)&c->peer;
+	ev.name = c->name[0] != '\0' ? c->name : NULL;
+	ev.stage = "relay";
+	ev.reason = reason;
+	ev.tls = SSL_get_version(c->ssl);
+	log_emit(&ev);
+}
+
+/* The reason for a fatal SSL error, for the log. */
+static const char *ssl_reason(int err)
+{
+	unsigned long e = ERR_peek_error();
+
+	if (err == SSL_ERROR_SYSCALL)
+		return errno != 0 ? strerror(errno) : "connection closed without close_notify";
+	if (e != 0 && ERR_reason_error_string(e) != NULL)
+		return ERR_reason_error_string(e);
+	return "TLS error";
+}
+
+static void relay_teardown(struct relay_conn *c)
+{
+	if (c->dead)
+		return;
+	c->dead = true;
+	relay_set_mask(c, SIDE_APP, ~0U);
+	relay_set_mask(c, SIDE_NET, ~0U);
+	/* Registry first, so no getsockopt can reach the TCP socket after close. */
+	fdreg_remove(c->ino);
+	fdreg_release(c->app_fd);
+	fdreg_release(c->net_fd);
+	SSL_free(c->ssl);
+	c->ssl = NULL;
+	stash_clear(&c->up);
+	stash_clear(&c->down);
+
+	pthread_mutex_lock(&relay_lock);
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		relay_conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	relay_nconns--;
+	c->prev = NULL;
+	c->next = relay_zombies;
+	relay_zombies = c;
+	pthread_mutex_unlock(&relay_lock);
+}
+
+/* --- the pumps -------------------------------------------------------------- */
+
+/*
+ * Program -> server.  Returns 0, or -1 after a fatal error (torn down by the
+ * caller).
+ */
+static int pump_up(struct relay_conn *c)
+{
+	c->ssl_up_wants = 0;
+	while (!c->net_dead) {
+		const unsigned char *data;
+		size_t len;
+		int w, err;
+
+		if (stash_empty(&c->up)) {
+			ssize_t n;
+
+			if (c->app_eof)
+				break;
+			n = recv(c->app_fd, relay_scratch, SCRATCH_SIZE, MSG_DONTWAIT);
+			if (n == 0 ||
+			    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+				c->app_eof = true;
+				break;
+			}
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				break;
+			}
+			data = relay_scratch;
+			len = (size_t)n;
+		} else {
+			data = c->up.buf + c->up.off;
+			len = c->up.len - c->up.off;
+		}
+
+		ERR_clear_error();
+		w = SSL_write(c->ssl, data, (int)len);
+		if (w > 0) {
+			if (data == relay_scratch) {
+				if ((size_t)w < len &&
+				    stash_keep(&c->up, data + w, len - (size_t)w) != 0)
+					return -1;
+			} else {
+				stash_consume(&c->up, (size_t)w);
+			}
+			continue;
+		}
+		err = SSL_get_error(c->ssl, w);
+		if (err != SSL_ERROR_WANT_WRITE && err != SSL_ERROR_WANT_READ) {
+			relay_log_failure(c, ssl_reason(err));
+			return -1;
+		}
+		c->ssl_up_wants = err == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN;
+		if (data == relay_scratch && stash_keep(&c->up, data, len) != 0)
+			return -1;
+		return 0;
+	}
+
+	if (c->app_eof && stash_empty(&c->up) && !c->notify_sent && !c->net_dead) {
+		int r, err;
+
+		ERR_clear_error();
+		r = SSL_shutdown(c->ssl);
+		if (r < 0) {
+			err = SSL_get_error(c->ssl, r);
+			if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
+				c->ssl_up_wants = err == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN;
+				return 0;
+			}
+		}
+		/* close_notify is out (or cannot be); the FIN follows it. */
+		c->notify_sent = true;
+		shutdown(c->net_fd, SHUT_WR);
+	}
+	return 0;
+}
+
+/* Server -> program.  Returns 0, or -1 after a fatal error. */
+static int pump_down(struct relay_conn *c)
+{
+	c->ssl_down_wants = 0;
+	if (c->app_gone) {
+		stash_clear(&c->down); /* nobody left to deliver to */
+		return 0;
+	}
+	for (;;) {
+		ssize_t n;
+		int r, err;
+
+		if (!stash_empty(&c->down)) {
+			n = send(c->app_fd, c->down.buf + c->down.off, c->down.len - c->down.off,
+			         MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (n > 0) {
+				stash_consume(&c->down, (size_t)n);
+				continue;
+			}
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+				return 0;
+			c->app_gone = true;
+			stash_clear(&c->down);
+			return 0;
+		}
+		if (c->net_eof || c->net_dead)
+			break;
+
+		ERR_clear_error();
+		errno = 0;
+		r = SSL_read(c->ssl, relay_scratch, SCRATCH_SIZE);
+		if (r > 0) {
+			n = send(c->app_fd, relay_scratch, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+				c->app_gone = true;
+				return 0;
+			}
+			if (n < 0)
+				n = 0;
+			if (n < r && stash_keep(&c->down, relay_scratch + n, (size_t)(r - n)) != 0)
+				return -1;
+			continue;
+		}
+		err = SSL_get_error(c->ssl, r);
+		if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+			c->ssl_down_wants = err == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT;
+			return 0;
+		}
+		if (err == SSL_ERROR_ZERO_RETURN) {
+			/* close_notify, or EOF without it (SSL_OP_IGNORE_UNEXPECTED_EOF). */
+			c->net_eof = true;
+			break;
+		}
+		relay_log_failure(c, ssl_reason(err));
+		return -1;
+	}
+
+	if (!c->app_shut) {
+		shutdown(c->app_fd, SHUT_WR);
+		c->app_shut = true;
+	}
+	return 0;
+}
+
+/*
+ * Moves what can be moved, then registers what is needed next, or tears the
+ * connection down when both directions are finished.
+ */
+static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
+{
+	uint32_t app_want = 0, net_want;
+	bool up_done, down_done;
+
+	if (app_ev & (EPOLLHUP | EPOLLERR)) {
+		/*
+		 * Both directions of the socketpair are shut: the program closed its
+		 * end (or shut writing after we delivered EOF).  What it wrote is
+		 * still readable without epoll, which would report HUP forever.
+		 */
+		if (!c->app_shut)
+			c->app_gone = true;
+		relay_set_mask(c, SIDE_APP, ~0U);
+	}
+	if (net_ev & EPOLLERR)
+		c->net_dead = true; /* reset: nothing more goes either way */
+	if (net_ev & EPOLLHUP)
+		c->net_hup = true; /* the rest is readable without epoll */
+
+	if (pump_up(c) != 0 || pump_down(c) != 0) {
+		relay_teardown(c);
+		return;
+	}
+
+	up_done = (c->app_eof && c->notify_sent) || c->net_dead;
+	down_done = c->app_gone || ((c->net_eof || c->net_dead) && c->app_shut);
+	if (up_done && down_done) {
+		relay_teardown(c);
+		return;
+	}
+
+	if (!c->app_eof && stash_empty(&c->up))
+		app_want |= EPOLLIN;
+	if (!stash_empty(&c->down))
+		app_want |= EPOLLOUT;
+	net_want = c->ssl_up_wants | c->ssl_down_wants;
+	if (!c->net_eof && !c->app_gone && stash_empty(&c->down))
+		net_want |= EPOLLIN;
+	if (c->net_dead || c->net_hup)
+		net_want = ~0U;
+	if (c->app_mask != (uint32_t)~0U)
+		relay_set_mask(c, SIDE_APP, app_want);
+	relay_set_mask(c, SIDE_NET, net_want);
+	if (c->app_mask == (uint32_t)~0U && c->net_mask == (uint32_t)~0U) {
+		/* Nothing is left that could wake this connection. */
+		relay_teardown(c);
+	}
+}
+
+/* --- the thread ------------------------------------------------------------- */
+
+/* True when no connection holds data from the program that is not yet sent. */
+static bool relay_all_flushed(void)
+{
+	struct relay_conn *c;
+
+	for (c = relay_conns; c != NULL; c = c->next) {
+		int pending = 0;
+
+		if (!stash_empty(&c->up) || c->ssl_up_wants != 0)
+			return false;
+		if (!c->app_eof && !c->net_dead && ioctl(c->app_fd, FIONREAD, &pending) == 0 &&
+		    pending > 0)
+			return false;
+	}
+	return true;
+}
+
+static void *relay_main(void *arg)
+{
+	struct epoll_event evs[MAX_EVENTS];
+	long deadline = 0;
+
+	(void)arg;
+	for (;;) {
+		int n, i, timeout = -1;
+		bool exiting;
+
+		pthread_mutex_lock(&relay_lock);
+		exiting = relay_exiting;
+		pthread_mutex_unlock(&relay_lock);
+		if (exiting) {
+			struct timespec ts;
+			long now;
+
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			now = (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+			if (deadline == 0)
+				deadline = now + EXIT_FLUSH_MS;
+			if (relay_all_flushed() || now >= deadline)
+				break;
+			timeout = (int)(deadline - now);
+		}
+
+		n = epoll_wait(relay_epfd, evs, MAX_EVENTS, timeout);
+		if (n < 0 && errno != EINTR)
+			break;
+		for (i = 0; i < n; i++) {
+			struct side *s = evs[i].data.ptr;
+
+			if (s->which == SIDE_WAKE) {
+				uint64_t v;
+
+				if (read(relay_wakefd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+					log_debug("relay wake read failed");
+				continue;
+			}
+			if (s->c->dead)
+				continue;
+			if (s->which == SIDE_APP)
+				pump(s->c, evs[i].events, 0);
+			else
+				pump(s->c, 0, evs[i].events);
+		}
+		/* Free what this batch tore down; no event of this batch refers to it now. */
+		pthread_mutex_lock(&relay_lock);
+		while (relay_zombies != NULL) {
+			struct relay_conn *z = relay_zombies;
+
+			relay_zombies = z->next;
+			free(z);
+		}
+		pthread_mutex_unlock(&relay_lock);
+	}
+	pthread_mutex_lock(&relay_lock);
+	relay_stopped = true;
+	pthread_cond_broadcast(&relay_cond);
+	pthread_mutex_unlock(&relay_lock);
+	return NULL;
+}
+
+/*
+ * atexit: data the program wrote just before exit() is still in the
+ * socketpair; a kernel socket would have sent it after the process ended.
+ * Give the relay a bounded time to pass it on, then stop it, so that it does
+ * not touch OpenSSL while the process's exit handlers tear OpenSSL down.
+ */
+static void relay_atexit(void)
+{
+	struct timespec until;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&relay_lock);
+	if (!relay_running || relay_stopped) {
+		pthread_mutex_unlock(&relay_lock);
+		return;
+	}
+	relay_exiting = true;
+	pthread_mutex_unlock(&relay_lock);
+	if (write(relay_wakefd, &one, sizeof(one)) < 0)
+		log_debug("relay wake failed");
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += EXIT_FLUSH_MS / 1000 + 1;
+	pthread_mutex_lock(&relay_lock);
+	while (!relay_stopped)
+		if (pthread_cond_timedwait(&relay_cond, &relay_lock, &until) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&relay_lock);
+}
+
+/* Caller holds relay_lock. Starts the thread with every signal blocked. */
+static int relay_start_locked(void)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &relay_wake_side};
+	sigset_t all, old;
+	int epfd, wfd, rc;
+
+	if (relay_running)
+		return 0;
+	if (relay_scratch == NULL) {
+		relay_scratch = malloc(SCRATCH_SIZE);
+		if (relay_scratch == NULL)
+			return -1;
+	}
+	epfd = fdreg_adopt(epoll_create1(EPOLL_CLOEXEC));
+	wfd = fdreg_adopt(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+	if (epfd < 0 || wfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, wfd, &ev) != 0)
+		goto err;
+	relay_epfd = epfd;
+	relay_wakefd = wfd;
+	relay_exiting = relay_stopped = false;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&relay_thread, NULL, relay_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		errno = rc;
+		goto err;
+	}
+	pthread_detach(relay_thread);
+	relay_running = true;
+	if (!relay_atexit_set && atexit(relay_atexit) == 0)
+		relay_atexit_set = true;
+	return 0;
+err:
+	fdreg_release(epfd);
+	fdreg_release(wfd);
+	relay_epfd = relay_wakefd = -1;
+	if (errno == 0)
+		errno = EAGAIN;
+	return -1;
+}
+
+int relay_add(const struct relay_spec *spec)
+{
+	struct relay_conn *c = calloc(1, sizeof(*c));
+	struct epoll_event ev;
+
+	if (c == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	c->sides[SIDE_APP].c = c;
+	c->sides[SIDE_APP].which = SIDE_APP;
+	c->sides[SIDE_NET].c = c;
+	c->sides[SIDE_NET].which = SIDE_NET;
+	c->app_fd = spec->app_fd;
+	c->net_fd = spec->net_fd;
+	c->ino = spec->ino;
+	c->ssl = spec->ssl;
+	c->peer = spec->peer;
+	memcpy(c->name, spec->name, sizeof(c->name));
+	/*
+	 * The first pump must run at once: the handshake may have left
+	 * application data inside OpenSSL's buffer, which no readiness event
+	 * would announce.  An empty socketpair is writable, so EPOLLOUT fires.
+	 */
+	c->app_mask = EPOLLIN | EPOLLOUT;
+	c->net_mask = EPOLLIN;
+
+	pthread_mutex_lock(&relay_lock);
+	if (relay_start_locked() != 0) {
+		pthread_mutex_unlock(&relay_lock);
+		free(c);
+		return -1;
+	}
+	ev.events = c->net_mask;
+	ev.data.ptr = &c->sides[SIDE_NET];
+	if (epoll_ctl(relay_epfd, EPOLL_CTL_ADD, c->net_fd, &ev) != 0)
+		goto err;
+	ev.events = c->app_mask;
+	ev.data.ptr = &c->sides[SIDE_APP];
+	if (epoll_ctl(relay_epfd, EPOLL_CTL_ADD, c->app_fd, &ev) != 0) {
+		epoll_ctl(relay_epfd, EPOLL_CTL_DEL, c->net_fd, NULL);
+		goto err;
+	}
+	c->next = relay_conns;
+	if (relay_conns != NULL)
+		relay_conns->prev = c;
+	relay_conns = c;
+	relay_nconns++;
+	pthread_mutex_unlock(&relay_lock);
+	return 0;
+err:
+	pthread_mutex_unlock(&relay_lock);
+	free(c);
+	return -1;
+}
+
+long relay_count(void)
+{
+	long n;
+
+	pthread_mutex_lock(&relay_lock);
+	n = relay_nconns;
+	pthread_mutex_unlock(&relay_lock);
+	return n;
+}
+
+void relay_atfork_prepare(void)
+{
+	pthread_mutex_lock(&relay_lock);
+}
+
+void relay_atfork_parent(void)
+{
+	pthread_mutex_unlock(&relay_lock);
+}
+
+void relay_atfork_child(void)
+{
+	/*
+	 * The thread is gone and its descriptors were closed by
+	 * fdreg_atfork_child().  The connections' memory is abandoned, not freed:
+	 * the relay thread may have been inside OpenSSL at the fork.
+	 */
+	relay_running = false;
+	relay_exiting = relay_stopped = false;
+	relay_conns = NULL;
+	relay_zombies = NULL;
+	relay_nconns = 0;
+	relay_epfd = relay_wakefd = -1;
+	pthread_mutex_init(&relay_lock, NULL);
+	pthread_cond_init(&relay_cond, NULL);
+}

@@ -1,0 +1,468 @@
+/*
+ * tlsio.c: TLS for wrapped connections.
+ *
+ * Trust is only what the operator configured: the X509_STORE is filled from
+ * ca_file/ca_dir and the system default paths are never loaded.  TLS 1.2 is
+ * the floor, renegotiation and compression are off, security level 2.
+ *
+ * All socket I/O goes through a small BIO that uses send(MSG_NOSIGNAL) and
+ * recv(), so neither the program's thread (during the handshake) nor the
+ * relay can raise SIGPIPE, and so the first bytes a server sends can be
+ * inspected to tell "not TLS at all" from "a TLS failure".
+ */
+#include "tlsio.h"
+
+#include "conf.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* --- the socket BIO ------------------------------------------------------- */
+
+/* What the BIO saw first from the server, to recognise non-TLS peers. */
+struct tlsio_peek {
+	unsigned char first[5];
+	size_t n;
+};
+
+static BIO_METHOD *sock_method;
+static int ex_peek = -1;   /* SSL ex_data: struct tlsio_peek * */
+static int ex_verify = -1; /* SSL ex_data: struct tls_failure * being filled */
+
+static int sock_write(BIO *b, const char *buf, int len)
+{
+	ssize_t n;
+
+	BIO_clear_retry_flags(b);
+	do
+		n = send(BIO_get_fd(b, NULL), buf, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		BIO_set_retry_write(b);
+	return (int)n;
+}
+
+static int sock_read(BIO *b, char *buf, int len)
+{
+	struct tlsio_peek *pk = BIO_get_app_data(b);
+	ssize_t n;
+
+	BIO_clear_retry_flags(b);
+	do
+		n = recv(BIO_get_fd(b, NULL), buf, (size_t)len, MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		BIO_set_retry_read(b);
+	if (n > 0 && pk != NULL && pk->n < sizeof(pk->first)) {
+		size_t take = sizeof(pk->first) - pk->n;
+
+		if (take > (size_t)n)
+			take = (size_t)n;
+		memcpy(pk->first + pk->n, buf, take);
+		pk->n += take;
+	}
+	return (int)n;
+}
+
+static long sock_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	switch (cmd) {
+	case BIO_C_SET_FD:
+		BIO_set_data(b, (void *)(intptr_t) * (int *)ptr);
+		BIO_set_init(b, 1);
+		(void)num;
+		return 1;
+	case BIO_C_GET_FD:
+		if (ptr != NULL)
+			*(int *)ptr = (int)(intptr_t)BIO_get_data(b);
+		return (long)(intptr_t)BIO_get_data(b);
+	case BIO_CTRL_FLUSH:
+	case BIO_CTRL_DUP:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static int sock_create(BIO *b)
+{
+	BIO_set_data(b, (void *)(intptr_t)-1);
+	return 1;
+}
+
+static pthread_once_t tlsio_once = PTHREAD_ONCE_INIT;
+
+static void tlsio_init_once(void)
+{
+	/* Our own atexit handling (relay.c) decides when OpenSSL may go away. */
+	OPENSSL_init_ssl(OPENSSL_INIT_NO_ATEXIT | OPENSSL_INIT_LOAD_SSL_STRINGS |
+	                         OPENSSL_INIT_LOAD_CRYPTO_STRINGS,
+	                 NULL);
+	ex_peek = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ex_verify = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	sock_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+	                           "tlsshim socket");
+	if (sock_method == NULL)
+		return;
+	BIO_meth_set_write(sock_method, sock_write);
+	BIO_meth_set_read(sock_method, sock_read);
+	BIO_meth_set_ctrl(sock_method, sock_ctrl);
+	BIO_meth_set_create(sock_method, sock_create);
+}
+
+/* --- the client context --------------------------------------------------- */
+
+static SSL_CTX *client_ctx;
+static char client_ctx_err[256];
+static pthread_once_t client_ctx_once = PTHREAD_ONCE_INIT;
+
+/*
+ * Records the first (deepest-reported) verification error with its
+ * certificate, so the log names the certificate that failed, not just the
+ * leaf.
+ */
+static int verify_cb(int ok, X509_STORE_CTX *store)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct tls_failure *why = ssl != NULL ? SSL_get_ex_data(ssl, ex_verify) : NULL;
+
+	if (!ok && why != NULL && why->x509_err < 0) {
+		why->x509_err = X509_STORE_CTX_get_error(store);
+		why->depth = X509_STORE_CTX_get_error_depth(store);
+		tlsio_describe_cert(X509_STORE_CTX_get_current_cert(store), why);
+	}
+	return ok;
+}
+
+static void ctx_fail(const char *what)
+{
+	unsigned long e = ERR_peek_last_error();
+	char detail[160] = "";
+
+	if (e != 0)
+		ERR_error_string_n(e, detail, sizeof(detail));
+	snprintf(client_ctx_err, sizeof(client_ctx_err), "%s%s%s", what, e ? ": " : "", detail);
+	ERR_clear_error();
+}
+
+static void client_ctx_build(void)
+{
+	const struct shim_conf *c = conf_get();
+	X509_VERIFY_PARAM *vp;
+	SSL_CTX *ctx;
+
+	pthread_once(&tlsio_once, tlsio_init_once);
+	if (sock_method == NULL || ex_peek < 0 || ex_verify < 0) {
+		ctx_fail("OpenSSL initialisation failed");
+		return;
+	}
+	ctx = SSL_CTX_new(TLS_client_method());
+	if (ctx == NULL) {
+		ctx_fail("cannot create TLS context");
+		return;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_security_level(ctx, 2);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+	                                 SSL_OP_IGNORE_UNEXPECTED_EOF);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+	                              SSL_MODE_ENABLE_PARTIAL_WRITE);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_cb);
+	/* Only the operator's anchors: no SSL_CTX_set_default_verify_paths(). */
+	if (SSL_CTX_load_verify_locations(ctx, c->ca_file, c->ca_dir) != 1) {
+		ctx_fail(c->ca_file != NULL ? "cannot load CA file" : "cannot load CA directory");
+		SSL_CTX_free(ctx);
+		return;
+	}
+	if (c->ca_file != NULL) {
+		STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+
+		if (objs == NULL || sk_X509_OBJECT_num(objs) == 0) {
+			ctx_fail("CA file holds no certificate");
+			SSL_CTX_free(ctx);
+			return;
+		}
+	}
+	vp = SSL_CTX_get0_param(ctx);
+	X509_VERIFY_PARAM_set_flags(vp, X509_V_FLAG_X509_STRICT);
+	/* RFC 6125 as browsers apply it: SANs only, whole-label wildcards. */
+	X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+	                                            X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+	X509_VERIFY_PARAM_set_purpose(vp, X509_PURPOSE_SSL_SERVER);
+	client_ctx = ctx;
+}
+
+SSL_CTX *tlsio_client_ctx(char *err, size_t errlen)
+{
+	pthread_once(&client_ctx_once, client_ctx_build);
+	if (client_ctx == NULL && err != NULL && errlen > 0)
+		snprintf(err, errlen, "%s", client_ctx_err);
+	return client_ctx;
+}
+
+SSL *tlsio_client_new(SSL_CTX *ctx, int fd, const char *name, const struct sockaddr *peer)
+{
+	X509_VERIFY_PARAM *vp;
+	SSL *ssl = SSL_new(ctx);
+	BIO *bio;
+
+	if (ssl == NULL)
+		return NULL;
+	bio = BIO_new(sock_method);
+	if (bio == NULL) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	BIO_set_fd(bio, fd, BIO_NOCLOSE);
+	SSL_set_bio(ssl, bio, bio);
+	vp = SSL_get0_param(ssl);
+	if (name != NULL) {
+		/* RFC 6066 section 3: SNI carries host names, never literals. */
+		if (SSL_set_tlsext_host_name(ssl, name) != 1 || SSL_set1_host(ssl, name) != 1)
+			goto err;
+	} else if (peer->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
+
+		if (X509_VERIFY_PARAM_set1_ip(vp, (const unsigned char *)&in->sin_addr, 4) != 1)
+			goto err;
+	} else {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
+		const unsigned char *a = in6->sin6_addr.s6_addr;
+
+		/* An IPv4-mapped address is checked as the IPv4 address it is. */
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+			if (X509_VERIFY_PARAM_set1_ip(vp, a + 12, 4) != 1)
+				goto err;
+		} else if (X509_VERIFY_PARAM_set1_ip(vp, a, 16) != 1) {
+			goto err;
+		}
+	}
+	return ssl;
+err:
+	SSL_free(ssl);
+	return NULL;
+}
+
+/* --- the handshake -------------------------------------------------------- */
+
+long tlsio_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+int tlsio_wait(int fd, short events, long deadline_ms)
+{
+	struct pollfd p = {.fd = fd, .events = events};
+
+	for (;;) {
+		long left = deadline_ms - tlsio_now_ms();
+		int r;
+
+		if (left <= 0)
+			return 0;
+		r = poll(&p, 1, left > 60000 ? 60000 : (int)left);
+		if (r > 0)
+			return 1;
+		if (r < 0 && errno != EINTR)
+			return -1;
+	}
+}
+
+static void fmt_time(const ASN1_TIME *t, char *out, size_t len)
+{
+	struct tm tm;
+
+	out[0] = '\0';
+	if (t != NULL && ASN1_TIME_to_tm(t, &tm) == 1)
+		strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+void tlsio_describe_cert(X509 *cert, struct tls_failure *why)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0, i;
+	BIGNUM *bn;
+	char *hex;
+
+	if (cert == NULL)
+		return;
+	X509_NAME_oneline(X509_get_subject_name(cert), why->subject, sizeof(why->subject));
+	X509_NAME_oneline(X509_get_issuer_name(cert), why->issuer, sizeof(why->issuer));
+	bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+	if (bn != NULL) {
+		hex = BN_bn2hex(bn);
+		if (hex != NULL)
+			snprintf(why->serial, sizeof(why->serial), "%s", hex);
+		OPENSSL_free(hex);
+		BN_free(bn);
+	}
+	if (X509_digest(cert, EVP_sha256(), md, &mdlen) == 1) {
+		for (i = 0; i < mdlen && 2 * i + 2 < sizeof(why->sha256); i++)
+			snprintf(why->sha256 + 2 * i, 3, "%02x", md[i]);
+	}
+	fmt_time(X509_get0_notAfter(cert), why->not_after, sizeof(why->not_after));
+}
+
+/* The first bytes of a TLS server's reply: a record of type 20..24, v3.x. */
+static bool looks_like_tls(const struct tlsio_peek *pk)
+{
+	if (pk->n == 0)
+		return true; /* nothing seen: cannot tell */
+	if (pk->first[0] < 20 || pk->first[0] > 24)
+		return false;
+	return pk->n < 2 || pk->first[1] == 3;
+}
+
+static void failure_init(struct tls_failure *why)
+{
+	memset(why, 0, sizeof(*why));
+	why->event = "handshake_failed";
+	why->stage = "handshake";
+	why->x509_err = -1;
+	why->depth = -1;
+}
+
+static void alert_cb(const SSL *ssl, int where, int ret)
+{
+	struct tls_failure *why = SSL_get_ex_data(ssl, ex_verify);
+
+	if (why != NULL && (where & SSL_CB_ALERT) && (where & SSL_CB_READ) && why->alert[0] == '\0')
+		snprintf(why->alert, sizeof(why->alert), "received:%s",
+		         SSL_alert_desc_string_long(ret));
+	else if (why != NULL && (where & SSL_CB_ALERT) && (where & SSL_CB_WRITE) &&
+	         why->alert[0] == '\0')
+		snprintf(why->alert, sizeof(why->alert), "sent:%s",
+		         SSL_alert_desc_string_long(ret));
+}
+
+/* Turns a failed SSL_connect into an event, stage and reason. */
+static void classify(SSL *ssl, int sslerr, int sys_errno, const struct tlsio_peek *pk,
+                     struct tls_failure *why)
+{
+	unsigned long e = ERR_peek_error();
+	long vr = SSL_get_verify_result(ssl);
+
+	/* Before the server's hello, SSL_get_version() names our offer, not a result. */
+	if (SSL_get0_peer_certificate(ssl) != NULL || why->alert[0] != '\0')
+		snprintf(why->tls, sizeof(why->tls), "%s", SSL_get_version(ssl));
+	if (!looks_like_tls(pk)) {
+		why->event = "refused_plaintext";
+		why->stage = "handshake";
+		snprintf(why->reason, sizeof(why->reason), "server did not speak TLS");
+		return;
+	}
+	if (vr != X509_V_OK) {
+		why->stage = "verify";
+		if (why->x509_err < 0) {
+			why->x509_err = (int)vr;
+			tlsio_describe_cert(SSL_get0_peer_certificate(ssl), why);
+		}
+		snprintf(why->reason, sizeof(why->reason), "%s",
+		         X509_verify_cert_error_string(why->x509_err));
+		return;
+	}
+	if (sslerr == SSL_ERROR_SYSCALL || (sslerr == SSL_ERROR_SSL && e == 0)) {
+		if (sys_errno == 0 && pk->n == 0)
+			snprintf(why->reason, sizeof(why->reason),
+			         "connection closed by server before handshake");
+		else if (sys_errno == 0)
+			snprintf(why->reason, sizeof(why->reason),
+			         "connection closed by server during handshake");
+		else
+			snprintf(why->reason, sizeof(why->reason), "%s", strerror(sys_errno));
+		return;
+	}
+	if (e != 0) {
+		const char *r = ERR_reason_error_string(e);
+
+		switch (ERR_GET_REASON(e)) {
+		case SSL_R_UNSUPPORTED_PROTOCOL:
+		case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
+			snprintf(why->reason, sizeof(why->reason), "protocol version not accepted");
+			break;
+		case SSL_R_WRONG_VERSION_NUMBER:
+		case SSL_R_PACKET_LENGTH_TOO_LONG:
+		case SSL_R_RECORD_LENGTH_MISMATCH:
+			why->event = "refused_plaintext";
+			snprintf(why->reason, sizeof(why->reason), "server did not speak TLS");
+			break;
+		default:
+			if (why->alert[0] != '\0' && strncmp(why->alert, "received:", 9) == 0)
+				snprintf(why->reason, sizeof(why->reason), "server sent alert: %s",
+				         why->alert + 9);
+			else
+				snprintf(why->reason, sizeof(why->reason), "%s",
+				         r != NULL ? r : "TLS handshake failed");
+		}
+		return;
+	}
+	snprintf(why->reason, sizeof(why->reason), "TLS handshake failed");
+}
+
+int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
+{
+	struct tlsio_peek pk = {.n = 0};
+	BIO *bio = SSL_get_rbio(ssl);
+	int rc = -1, fd = SSL_get_fd(ssl);
+
+	failure_init(why);
+	BIO_set_app_data(bio, &pk);
+	SSL_set_ex_data(ssl, ex_verify, why);
+	SSL_set_info_callback(ssl, alert_cb);
+	for (;;) {
+		int r, err, sys_errno, ready;
+		short ev;
+
+		ERR_clear_error();
+		errno = 0;
+		r = SSL_connect(ssl);
+		if (r == 1) {
+			rc = 0;
+			break;
+		}
+		sys_errno = errno;
+		err = SSL_get_error(ssl, r);
+		if (err == SSL_ERROR_WANT_READ) {
+			ev = POLLIN;
+		} else if (err == SSL_ERROR_WANT_WRITE) {
+			ev = POLLOUT;
+		} else {
+			classify(ssl, err, sys_errno, &pk, why);
+			errno = ECONNREFUSED;
+			break;
+		}
+		ready = tlsio_wait(fd, ev, deadline_ms);
+		if (ready <= 0) {
+			why->stage = "timeout";
+			snprintf(why->reason, sizeof(why->reason), "%s",
+			         ready == 0 ? "handshake timed out" : strerror(errno));
+			tlsio_describe_cert(SSL_get0_peer_certificate(ssl), why);
+			if (!looks_like_tls(&pk)) {
+				why->event = "refused_plaintext";
+				why->stage = "handshake";
+				snprintf(why->reason, sizeof(why->reason),
+				         "server did not speak TLS");
+				errno = ECONNREFUSED;
+			} else {
+				errno = ready == 0 ? ETIMEDOUT : ECONNREFUSED;
+			}
+			break;
+		}
+	}
+	ERR_clear_error();
+	BIO_set_app_data(bio, NULL);
+	SSL_set_ex_data(ssl, ex_verify, NULL);
+	SSL_set_info_callback(ssl, NULL);
+	if (rc == 0)
+		snprintf(why->tls, sizeof(why->tls), "%s", SSL_get_version(ssl));
+	return rc;
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env bats
+# Accepted connections: stock plaintext clients, unmodified, run under the
+# shim against real TLS servers on loopback. Each client speaks plaintext to
+# a port that only speaks TLS, so the expected answer can only arrive if the
+# shim wrapped the connection in TLS and the certificate verified.
+
+load helpers
+
+setup_file() {
+  e2e_setup_file
+}
+
+setup() {
+  port=$(free_port)
+}
+
+teardown() {
+  e2e_teardown
+}
+
+@test "control: without the shim, curl to the TLS port gets no TLS answer" {
+  start_nginx "$port" server
+  run --separate-stderr bounded curl -sS "http://localhost:$port/control"
+  [[ $output != *"tlsshim-e2e ok"* ]] || {
+    show_run
+    false
+  }
+}
+
+# curl (since 7.78) resolves "localhost" itself, without getaddrinfo, so the
+# shim never learns the name and verifies the IP SAN instead: no SNI here.
+# The name path (SNI, DNS SAN) is covered by wget, nc and python below.
+@test "curl http://localhost: nginx answers over TLS" {
+  start_nginx "$port" server
+  run --separate-stderr shim curl -sS "http://localhost:$port/curl-name"
+  assert_status 0
+  assert_output_has "tlsshim-e2e ok proto=TLSv1."
+  assert_output_has "uri=/curl-name"
+}
+
+@test "curl http://127.0.0.1: literal IPv4 verified against the IP SAN" {
+  start_nginx "$port" server
+  run --separate-stderr shim curl -sS "http://127.0.0.1:$port/curl-ipv4"
+  assert_status 0
+  assert_output_has "tlsshim-e2e ok proto=TLSv1."
+  assert_output_has "uri=/curl-ipv4"
+}
+
+@test "curl http://[::1]: literal IPv6 verified against the IP SAN" {
+  have_ipv6 || skip "no ::1 on this host"
+  start_nginx "$port" server
+  run --separate-stderr shim curl -sS -g "http://[::1]:$port/curl-ipv6"
+  assert_status 0
+  assert_output_has "tlsshim-e2e ok proto=TLSv1."
+  assert_output_has "uri=/curl-ipv6"
+}
+
+@test "curl: several requests on one kept-alive connection" {
+  start_nginx "$port" server
+  run --separate-stderr shim curl -sS "http://localhost:$port/one" \
+    "http://localhost:$port/two" "http://localhost:$port/three"
+  assert_status 0
+  assert_output_has "uri=/one"
+  assert_output_has "uri=/two"
+  assert_output_has "uri=/three"
+}
+
+@test "curl: a 4 MiB download arrives intact" {
+  start_nginx "$port" server
+  local dir=$BATS_TEST_TMPDIR/nginx-$port
+  head -c 4194304 /dev/urandom >"$dir/html/files/big.bin"
+  run --separate-stderr shim curl -sS -o "$BATS_TEST_TMPDIR/got.bin" \
+    "http://localhost:$port/files/big.bin"
+  assert_status 0
+  cmp "$dir/html/files/big.bin" "$BATS_TEST_TMPDIR/got.bin"
+}
+
+@test "wget -qO- http://localhost:" {
+  start_nginx "$port" server
+  run --separate-stderr shim wget -q -O - --tries=1 --timeout=10 \
+    "http://localhost:$port/wget"
+  assert_status 0
+  assert_output_has "tlsshim-e2e ok proto=TLSv1."
+  assert_output_has "sni=localhost uri=/wget"
+}
+
+@test "nc (openbsd) to s_server -rev: line reversed, half-close ends it" {
+  start_s_server "$port" server -rev
+  run --separate-stderr shim nc -N -w 5 localhost "$port" <<<"hello tlsshim"
+  assert_status 0
+  assert_output_has "mihsslt olleh"
+}
+
+@test "python3 plain socket: send/recv, getpeername is the real peer" {
+  start_s_server "$port" server -rev
+  run --separate-stderr shim "$PY" "$PYCLIENT" connect --send "hello python" \
+    --recv-line localhost "$port"
+  assert_status 0
+  assert_output_has "recv=nohtyp olleh"
+  [[ $output =~ connect=ok\ peer=(127\.0\.0\.1|::1):$port ]] || {
+    show_run
+    false
+  }
+}
+
+@test "python3 urllib.request.urlopen(timeout=5) (non-blocking connect)" {
+  start_nginx "$port" server
+  run --separate-stderr shim "$PY" "$PYCLIENT" urlopen \
+    "http://localhost:$port/urllib"
+  assert_status 0
+  assert_output_has "tlsshim-e2e ok proto=TLSv1."
+  assert_output_has "sni=localhost uri=/urllib"
+}
+
+@test "redis-cli PING/SET/GET to a TLS-only redis-server" {
+  start_redis "$port"
+  local key=e2e-$RANDOM
+  run --separate-stderr shim redis-cli -h localhost -p "$port" PING
+  assert_status 0
+  [[ $output == PONG ]] || {
+    show_run
+    false
+  }
+  run --separate-stderr shim redis-cli -h localhost -p "$port" SET "$key" v-$$
+  assert_status 0
+  [[ $output == OK ]] || {
+    show_run
+    false
+  }
+  run --separate-stderr shim redis-cli -h 127.0.0.1 -p "$port" GET "$key"
+  assert_status 0
+  [[ $output == "v-$$" ]] || {
+    show_run
+    false
+  }
+}
+
+@test "control: without the shim, redis-cli cannot talk to the TLS-only port" {
+  start_redis "$port"
+  run --separate-stderr bounded redis-cli -h localhost -p "$port" PING
+  [[ $output != PONG ]] || {
+    show_run
+    false
+  }
+}

@@ -1,0 +1,284 @@
+// Unit tests for shim/relay.c: the relay between a program's socketpair end
+// and a TLS connection, with a real TLS peer on the network side (here also
+// a socketpair, which TLS does not mind).
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tls_peer.h"
+
+extern "C" {
+#include "fdreg.h"
+#include "real.h"
+#include "relay.h"
+#include "tlsio.h"
+}
+
+namespace {
+
+struct TrustTestCa : ::testing::Environment {
+	void SetUp() override { setenv("TLSSHIM_CA_FILE", cert_path("ca.pem").c_str(), 1); }
+};
+const auto *env = ::testing::AddGlobalTestEnvironment(new TrustTestCa);
+
+int count_fds()
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	while (d != nullptr && readdir(d) != nullptr)
+		n++;
+	if (d != nullptr)
+		closedir(d);
+	return n;
+}
+
+// Waits (bounded) until the relay holds `n` connections.
+bool relay_settles_at(long n)
+{
+	auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+	while (std::chrono::steady_clock::now() < until) {
+		if (relay_count() == n)
+			return true;
+		std::this_thread::sleep_for(std::chrono::milliseconds(2));
+	}
+	return false;
+}
+
+unsigned char pattern(size_t i)
+{
+	return static_cast<unsigned char>((i * 131u + 7u) & 0xff);
+}
+
+// A program-side descriptor connected through the relay to a TLS peer that
+// runs `serve`.
+struct Wrapped {
+	int app = -1;
+	std::unique_ptr<TlsPeer> peer;
+};
+
+Wrapped wrap(std::function<void(SSL *)> serve)
+{
+	Wrapped w;
+	int net[2], app[2];
+	EXPECT_EQ(real_init(), 0);
+	EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, net), 0);
+	EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, app), 0);
+	w.peer = std::make_unique<TlsPeer>(net[1], "server", serve);
+
+	char err[256];
+	SSL_CTX *ctx = tlsio_client_ctx(err, sizeof(err));
+	EXPECT_NE(ctx, nullptr) << err;
+	int net_fd = fdreg_adopt(net[0]);
+	fcntl(net_fd, F_SETFL, O_NONBLOCK);
+	struct sockaddr_in peer {};
+	peer.sin_family = AF_INET;
+	inet_pton(AF_INET, "127.0.0.1", &peer.sin_addr);
+	SSL *ssl = tlsio_client_new(ctx, net_fd, "localhost",
+				    reinterpret_cast<struct sockaddr *>(&peer));
+	struct tls_failure why;
+	EXPECT_EQ(tlsio_handshake(ssl, tlsio_now_ms() + 5000, &why), 0) << why.reason;
+
+	struct relay_spec spec {};
+	spec.app_fd = fdreg_adopt(app[1]);
+	fcntl(spec.app_fd, F_SETFL, O_NONBLOCK);
+	spec.net_fd = net_fd;
+	struct stat st;
+	fstat(app[0], &st);
+	spec.ino = st.st_ino;
+	spec.ssl = ssl;
+	memcpy(&spec.peer, &peer, sizeof(peer));
+	EXPECT_EQ(relay_add(&spec), 0);
+	w.app = app[0];
+	return w;
+}
+
+// Reads exactly n bytes, bounded by poll timeouts. Returns bytes read.
+size_t read_n(int fd, unsigned char *buf, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		struct pollfd p = {fd, POLLIN, 0};
+		if (poll(&p, 1, 10000) != 1)
+			break;
+		ssize_t r = read(fd, buf + got, n - got);
+		if (r <= 0)
+			break;
+		got += static_cast<size_t>(r);
+	}
+	return got;
+}
+
+bool reads_eof(int fd)
+{
+	struct pollfd p = {fd, POLLIN, 0};
+	char c;
+	return poll(&p, 1, 10000) == 1 && read(fd, &c, 1) == 0;
+}
+
+TEST(Relay, EchoesBulkDataBothWays)
+{
+	const size_t total = 8u << 20;
+	Wrapped w = wrap([](SSL *ssl) {
+		char buf[16384];
+		int n;
+		while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0)
+			if (SSL_write(ssl, buf, n) != n)
+				break;
+		SSL_shutdown(ssl);
+	});
+	std::thread writer([&] {
+		std::vector<unsigned char> out(total);
+		for (size_t i = 0; i < total; i++)
+			out[i] = pattern(i);
+		size_t off = 0;
+		while (off < total) {
+			ssize_t n = write(w.app, out.data() + off, total - off);
+			if (n <= 0)
+				break;
+			off += static_cast<size_t>(n);
+		}
+		shutdown(w.app, SHUT_WR);
+	});
+	std::vector<unsigned char> in(total);
+	size_t got = read_n(w.app, in.data(), total);
+	writer.join();
+	ASSERT_EQ(got, total);
+	for (size_t i = 0; i < total; i++)
+		ASSERT_EQ(in[i], pattern(i)) << "at " << i;
+	EXPECT_TRUE(reads_eof(w.app));
+	close(w.app);
+	EXPECT_TRUE(relay_settles_at(0));
+}
+
+TEST(Relay, HalfCloseSendsCloseNotifyAndKeepsReading)
+{
+	std::atomic<long> server_saw{-1};
+	Wrapped w = wrap([&](SSL *ssl) {
+		char buf[4096];
+		long total = 0;
+		int n;
+		while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0)
+			total += n;
+		// SSL_read returned 0: close_notify from the client.
+		server_saw = SSL_get_error(ssl, n) == SSL_ERROR_ZERO_RETURN ? total : -2;
+		std::string reply = "got " + std::to_string(total);
+		SSL_write(ssl, reply.data(), static_cast<int>(reply.size()));
+		SSL_shutdown(ssl);
+	});
+	std::string msg(100000, 'x');
+	ASSERT_EQ(write(w.app, msg.data(), msg.size()), static_cast<ssize_t>(msg.size()));
+	ASSERT_EQ(shutdown(w.app, SHUT_WR), 0);
+	unsigned char buf[64] = {};
+	size_t got = read_n(w.app, buf, 10);
+	EXPECT_EQ(std::string(reinterpret_cast<char *>(buf), got), "got 100000");
+	EXPECT_TRUE(reads_eof(w.app));
+	w.peer->join();
+	EXPECT_EQ(server_saw.load(), 100000);
+	close(w.app);
+	EXPECT_TRUE(relay_settles_at(0));
+}
+
+TEST(Relay, ServerCloseBecomesEofAfterAllData)
+{
+	const size_t total = 3u << 20;
+	Wrapped w = wrap([&](SSL *ssl) {
+		std::vector<unsigned char> out(total);
+		for (size_t i = 0; i < total; i++)
+			out[i] = pattern(i);
+		size_t off = 0;
+		while (off < total) {
+			int n = SSL_write(ssl, out.data() + off, static_cast<int>(total - off));
+			if (n <= 0)
+				return;
+			off += static_cast<size_t>(n);
+		}
+		SSL_shutdown(ssl);
+	});
+	// Backpressure: the program does not read until the peer is blocked.
+	std::vector<unsigned char> in(total);
+	size_t got = read_n(w.app, in.data(), total);
+	ASSERT_EQ(got, total);
+	for (size_t i = 0; i < total; i++)
+		ASSERT_EQ(in[i], pattern(i)) << "at " << i;
+	EXPECT_TRUE(reads_eof(w.app));
+	// The program may still write after the server's EOF, then close.
+	close(w.app);
+	EXPECT_TRUE(relay_settles_at(0));
+}
+
+TEST(Relay, ProgramCloseTearsDownWithoutLeaks)
+{
+	ASSERT_TRUE(relay_settles_at(0));
+	int before = count_fds();
+	std::atomic<int> peer_read{-1};
+	Wrapped w = wrap([&](SSL *ssl) {
+		char buf[64];
+		int n = SSL_read(ssl, buf, sizeof(buf));
+		int m = SSL_read(ssl, buf, sizeof(buf));
+		peer_read = n == 5 && m <= 0 ? 1 : 0;
+	});
+	ASSERT_EQ(write(w.app, "hello", 5), 5);
+	close(w.app);
+	w.peer->join();
+	EXPECT_EQ(peer_read.load(), 1) << "data written before close arrives, then the end";
+	w.peer.reset();
+	EXPECT_TRUE(relay_settles_at(0));
+	EXPECT_EQ(count_fds(), before) << "no descriptor leaked";
+}
+
+TEST(Relay, PeerResetMidStreamEndsTheProgramsStream)
+{
+	Wrapped w = wrap([](SSL *ssl) {
+		SSL_write(ssl, "partial", 7);
+		// No close_notify: the peer's socket is shut and closed by TlsPeer.
+	});
+	unsigned char buf[16];
+	EXPECT_EQ(read_n(w.app, buf, 7), 7u);
+	EXPECT_TRUE(reads_eof(w.app));
+	close(w.app);
+	EXPECT_TRUE(relay_settles_at(0));
+}
+
+TEST(Relay, ManyConnectionsAtOnce)
+{
+	const int n = 64;
+	std::vector<Wrapped> conns;
+	for (int i = 0; i < n; i++)
+		conns.push_back(wrap([](SSL *ssl) {
+			char buf[4096];
+			int r;
+			while ((r = SSL_read(ssl, buf, sizeof(buf))) > 0)
+				SSL_write(ssl, buf, r);
+			SSL_shutdown(ssl);
+		}));
+	EXPECT_EQ(relay_count(), n);
+	for (int i = 0; i < n; i++) {
+		std::string msg = "conn " + std::to_string(i);
+		ASSERT_EQ(write(conns[i].app, msg.data(), msg.size()),
+			  static_cast<ssize_t>(msg.size()));
+	}
+	for (int i = 0; i < n; i++) {
+		std::string msg = "conn " + std::to_string(i);
+		std::vector<unsigned char> buf(msg.size());
+		ASSERT_EQ(read_n(conns[i].app, buf.data(), buf.size()), msg.size());
+		EXPECT_EQ(std::string(buf.begin(), buf.end()), msg);
+		shutdown(conns[i].app, SHUT_WR);
+		EXPECT_TRUE(reads_eof(conns[i].app));
+		close(conns[i].app);
+	}
+	EXPECT_TRUE(relay_settles_at(0));
+}
+
+} // namespace
