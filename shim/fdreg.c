@@ -342,6 +342,11 @@ void fdreg_atfork_child(void)
 		fdreg_unhide((int)fd);
 		real.close((int)fd);
 	}
-	pthread_rwlock_unlock(&wrapped_lock);
-	pthread_mutex_unlock(&hidden_alloc_lock);
+	/*
+	 * The parent's thread took these in fdreg_atfork_prepare(); glibc's
+	 * rwlock remembers the writer by thread id, which the child's thread does
+	 * not share, so unlocking is not enough: start them afresh.
+	 */
+	pthread_rwlock_init(&wrapped_lock, NULL);
+	pthread_mutex_init(&hidden_alloc_lock, NULL);
 }

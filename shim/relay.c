@@ -416,48 +416,67 @@ static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 static bool relay_all_flushed(void)
 {
 	struct relay_conn *c;
+	bool flushed = true;
 
-	for (c = relay_conns; c != NULL; c = c->next) {
+	pthread_mutex_lock(&relay_lock);
+	for (c = relay_conns; c != NULL && flushed; c = c->next) {
 		int pending = 0;
 
 		if (!stash_empty(&c->up) || c->ssl_up_wants != 0)
-			return false;
-		if (!c->app_eof && !c->net_dead && ioctl(c->app_fd, FIONREAD, &pending) == 0 &&
-		    pending > 0)
-			return false;
+			flushed = false;
+		else if (!c->app_eof && !c->net_dead && ioctl(c->app_fd, FIONREAD, &pending) == 0 &&
+		         pending > 0)
+			flushed = false;
 	}
-	return true;
+	pthread_mutex_unlock(&relay_lock);
+	return flushed;
+}
+
+static void relay_free_zombies_locked(void)
+{
+	while (relay_zombies != NULL) {
+		struct relay_conn *z = relay_zombies;
+
+		relay_zombies = z->next;
+		free(z);
+	}
+}
+
+static long relay_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
 static void *relay_main(void *arg)
 {
 	struct epoll_event evs[MAX_EVENTS];
 	long deadline = 0;
+	int timeout = -1;
 
 	(void)arg;
 	for (;;) {
-		int n, i, timeout = -1;
 		bool exiting;
-
-		pthread_mutex_lock(&relay_lock);
-		exiting = relay_exiting;
-		pthread_mutex_unlock(&relay_lock);
-		if (exiting) {
-			struct timespec ts;
-			long now;
-
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			now = (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-			if (deadline == 0)
-				deadline = now + EXIT_FLUSH_MS;
-			if (relay_all_flushed() || now >= deadline)
-				break;
-			timeout = (int)(deadline - now);
-		}
+		int n, i;
 
 		n = epoll_wait(relay_epfd, evs, MAX_EVENTS, timeout);
 		if (n < 0 && errno != EINTR)
 			break;
+		/*
+		 * relay_add() initialises a connection and registers it with epoll
+		 * under relay_lock; taking the lock here, once per batch, orders
+		 * that before any use of it (epoll itself promises no ordering
+		 * that the memory model or ThreadSanitizer can see).  Connections
+		 * torn down in the previous batch are freed here: no event of this
+		 * batch can name them, they left epoll before it was collected.
+		 */
+		pthread_mutex_lock(&relay_lock);
+		relay_free_zombies_locked();
+		exiting = relay_exiting;
+		pthread_mutex_unlock(&relay_lock);
+
 		for (i = 0; i < n; i++) {
 			struct side *s = evs[i].data.ptr;
 
@@ -475,17 +494,19 @@ static void *relay_main(void *arg)
 			else
 				pump(s->c, 0, evs[i].events);
 		}
-		/* Free what this batch tore down; no event of this batch refers to it now. */
-		pthread_mutex_lock(&relay_lock);
-		while (relay_zombies != NULL) {
-			struct relay_conn *z = relay_zombies;
 
-			relay_zombies = z->next;
-			free(z);
+		if (exiting) {
+			long now = relay_now_ms();
+
+			if (deadline == 0)
+				deadline = now + EXIT_FLUSH_MS;
+			if (relay_all_flushed() || now >= deadline)
+				break;
+			timeout = (int)(deadline - now);
 		}
-		pthread_mutex_unlock(&relay_lock);
 	}
 	pthread_mutex_lock(&relay_lock);
+	relay_free_zombies_locked();
 	relay_stopped = true;
 	pthread_cond_broadcast(&relay_cond);
 	pthread_mutex_unlock(&relay_lock);
@@ -502,6 +523,7 @@ static void relay_atexit(void)
 {
 	struct timespec until;
 	uint64_t one = 1;
+	bool stopped;
 
 	pthread_mutex_lock(&relay_lock);
 	if (!relay_running || relay_stopped) {
@@ -519,7 +541,14 @@ static void relay_atexit(void)
 	while (!relay_stopped)
 		if (pthread_cond_timedwait(&relay_cond, &relay_lock, &until) == ETIMEDOUT)
 			break;
+	stopped = relay_stopped;
 	pthread_mutex_unlock(&relay_lock);
+	/*
+	 * Past its loop the thread only runs OpenSSL's thread-exit cleanup;
+	 * wait for that too, or the process's OpenSSL teardown races it.
+	 */
+	if (stopped)
+		pthread_join(relay_thread, NULL);
 }
 
 /* Caller holds relay_lock. Starts the thread with every signal blocked. */
@@ -552,7 +581,6 @@ static int relay_start_locked(void)
 		errno = rc;
 		goto err;
 	}
-	pthread_detach(relay_thread);
 	relay_running = true;
 	if (!relay_atexit_set && atexit(relay_atexit) == 0)
 		relay_atexit_set = true;

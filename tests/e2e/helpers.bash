@@ -249,6 +249,12 @@ preload_only() {
   timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" env LD_PRELOAD="$TLSSHIM_LIB" "$@"
 }
 
+# tlsshim_cli ARGS...: the CLI as a user runs it. TLSSHIM_LIB is removed from
+# its environment so that `run` has to find the library beside itself.
+tlsshim_cli() {
+  timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" env -u TLSSHIM_LIB "$TLSSHIM_BIN" "$@"
+}
+
 # bounded CMD...: CMD without the shim, bounded in time.
 bounded() {
   timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" "$@"

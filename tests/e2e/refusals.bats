@@ -192,7 +192,7 @@ refused_cert() {
 # --- tlsshim run ---------------------------------------------------------
 
 @test "tlsshim version prints 'tlsshim <version>'" {
-  run --separate-stderr bounded "$TLSSHIM_BIN" version
+  run --separate-stderr tlsshim_cli version
   assert_status 0
   [[ $output =~ ^tlsshim\ [^[:space:]]+$ ]] || {
     show_run
@@ -202,7 +202,7 @@ refused_cert() {
 
 @test "tlsshim run --ca: curl is wrapped and accepted" {
   start_nginx "$port" server
-  run --separate-stderr bounded "$TLSSHIM_BIN" run --ca "$CERTS/ca.pem" -- \
+  run --separate-stderr tlsshim_cli run --ca "$CERTS/ca.pem" -- \
     curl -sS "http://localhost:$port/run"
   assert_status 0
   assert_output_has "tlsshim-e2e ok proto=TLSv1."
@@ -211,14 +211,14 @@ refused_cert() {
 
 @test "tlsshim run --ca: refusal still refuses (untrusted server)" {
   start_s_server "$port" untrusted -www
-  run --separate-stderr bounded env TLSSHIM_LOG_STDERR=1 \
-    "$TLSSHIM_BIN" run --ca "$CERTS/ca.pem" -- curl -sS "http://localhost:$port/"
+  run --separate-stderr tlsshim_cli run --ca "$CERTS/ca.pem" -- \
+    env TLSSHIM_LOG_STDERR=1 curl -sS "http://localhost:$port/"
   assert_status 7
   assert_log handshake_failed verify "unable to get local issuer certificate" 20
 }
 
 @test "tlsshim run sets an absolute LD_PRELOAD next to the binary, and the CA" {
-  run --separate-stderr bounded "$TLSSHIM_BIN" run --ca "$CERTS/ca.pem" -- \
+  run --separate-stderr tlsshim_cli run --ca "$CERTS/ca.pem" -- \
     printenv LD_PRELOAD TLSSHIM_CA_FILE
   assert_status 0
   local preload ca
@@ -230,21 +230,21 @@ refused_cert() {
 }
 
 @test "tlsshim run: the program's exit status is passed through" {
-  run --separate-stderr bounded "$TLSSHIM_BIN" run --ca "$CERTS/ca.pem" -- \
+  run --separate-stderr tlsshim_cli run --ca "$CERTS/ca.pem" -- \
     sh -c 'exit 3'
   assert_status 3
 }
 
 # refuses_to_run PROGRAM: tlsshim run must not start PROGRAM.
 refuses_to_run() {
-  run --separate-stderr bounded "$TLSSHIM_BIN" run --ca "$CERTS/ca.pem" -- "$1"
+  run --separate-stderr tlsshim_cli run --ca "$CERTS/ca.pem" -- "$1"
   assert_status 126
   assert_stderr_has "refusing"
 }
 
 @test "tlsshim run: control, a plain copy of true runs" {
   cp /usr/bin/true "$BATS_TEST_TMPDIR/true-plain"
-  run --separate-stderr bounded "$TLSSHIM_BIN" run --ca "$CERTS/ca.pem" -- \
+  run --separate-stderr tlsshim_cli run --ca "$CERTS/ca.pem" -- \
     "$BATS_TEST_TMPDIR/true-plain"
   assert_status 0
 }
