@@ -7,6 +7,7 @@
  */
 #include "conf.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -14,9 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #define DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
+#define DEFAULT_REPEAT_WINDOW_MS     10000
 
 static struct shim_conf the_conf;
 static pthread_once_t conf_once = PTHREAD_ONCE_INIT;
@@ -57,6 +60,45 @@ int conf_parse_bool(const char *text, bool *out)
 	return -1;
 }
 
+int conf_parse_facility(const char *text, int *out)
+{
+	static const struct {
+		const char *name;
+		int value;
+	} names[] = {
+	        {"user", LOG_USER},         {"daemon", LOG_DAEMON}, {"auth", LOG_AUTH},
+	        {"authpriv", LOG_AUTHPRIV}, {"security", LOG_AUTH}, {"local0", LOG_LOCAL0},
+	        {"local1", LOG_LOCAL1},     {"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3},
+	        {"local4", LOG_LOCAL4},     {"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6},
+	        {"local7", LOG_LOCAL7},
+	};
+	size_t i;
+
+	if (text == NULL)
+		return -1;
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (strcasecmp(text, names[i].name) == 0) {
+			*out = names[i].value;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* A syslog tag: 1 to 32 characters of [A-Za-z0-9_.-]. */
+static int conf_parse_ident(const char *text, char *out, size_t outlen)
+{
+	size_t n = strlen(text), i;
+
+	if (n == 0 || n > 32 || n >= outlen)
+		return -1;
+	for (i = 0; i < n; i++)
+		if (!isalnum((unsigned char)text[i]) && strchr("_.-", text[i]) == NULL)
+			return -1;
+	memcpy(out, text, n + 1);
+	return 0;
+}
+
 static void conf_fail(struct shim_conf *c, const char *what, const char *value)
 {
 	c->usable = false;
@@ -78,6 +120,22 @@ static void conf_load(void)
 
 	c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
 	c->usable = true;
+	c->log_socket = "/dev/log";
+	c->log_facility = LOG_AUTHPRIV;
+	snprintf(c->log_ident, sizeof(c->log_ident), "tlsshim");
+	c->log_repeat_window_ms = DEFAULT_REPEAT_WINDOW_MS;
+
+	if ((v = conf_env("TLSSHIM_LOG_SOCKET")) != NULL)
+		c->log_socket = v;
+	if ((v = conf_env("TLSSHIM_LOG_FACILITY")) != NULL &&
+	    conf_parse_facility(v, &c->log_facility) != 0)
+		conf_fail(c, "TLSSHIM_LOG_FACILITY", v);
+	if ((v = conf_env("TLSSHIM_LOG_IDENT")) != NULL &&
+	    conf_parse_ident(v, c->log_ident, sizeof(c->log_ident)) != 0)
+		conf_fail(c, "TLSSHIM_LOG_IDENT", v);
+	if ((v = conf_env("TLSSHIM_LOG_SUCCESS")) != NULL &&
+	    conf_parse_bool(v, &c->log_success) != 0)
+		conf_fail(c, "TLSSHIM_LOG_SUCCESS", v);
 
 	if ((v = conf_env("TLSSHIM_DEBUG")) != NULL && conf_parse_bool(v, &c->debug) != 0)
 		c->debug = true;

@@ -23,6 +23,11 @@ struct shim_conf {
 	const char *ca_dir;       /* approved CAs (hashed directory), or NULL */
 	int handshake_timeout_ms; /* bounds TCP connect + TLS handshake */
 	bool log_stderr;          /* copy each log line to standard error */
+	bool log_success;         /* also log every successful connection (audit) */
+	const char *log_socket;   /* syslog datagram socket, default /dev/log */
+	int log_facility;         /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
+	char log_ident[33];       /* syslog tag, default "tlsshim" */
+	int log_repeat_window_ms; /* identical failures folded within this window */
 	bool debug;               /* debug chatter on standard error */
 };
 
@@ -37,6 +42,12 @@ const struct shim_conf *conf_get(void);
  * 3600) into milliseconds.  Returns 0 on success, -1 when it is not one.
  */
 int conf_parse_seconds(const char *text, int *out_ms) TLSSHIM_WUR;
+
+/*
+ * Parses a syslog facility name (user, daemon, auth, authpriv, local0 ..
+ * local7, ...) into its LOG_* value.  Returns 0, or -1 when unknown.
+ */
+int conf_parse_facility(const char *text, int *out) TLSSHIM_WUR;
 
 /* Parses yes/no/true/false/on/off/1/0.  Returns 0, or -1 when it is none. */
 int conf_parse_bool(const char *text, bool *out) TLSSHIM_WUR;

@@ -39,6 +39,7 @@ void log_event_init(struct log_event *ev, int severity, const char *event)
 	ev->x509_err = -1;
 	ev->depth = -1;
 	ev->elapsed_ms = -1;
+	ev->resumed = -1;
 }
 
 struct out {
@@ -179,6 +180,9 @@ size_t log_format(const struct log_event *ev, char *buf, size_t len)
 	out_kv(&o, "sha256", ev->sha256);
 	out_kv(&o, "not_after", ev->not_after);
 	out_kv(&o, "tls", ev->tls);
+	out_kv(&o, "cipher", ev->cipher);
+	if (ev->resumed >= 0)
+		out_kv(&o, "resumed", ev->resumed ? "yes" : "no");
 	out_kv(&o, "alert", ev->alert);
 	out_kv(&o, "ocsp", ev->ocsp);
 	out_kl(&o, "elapsed_ms", ev->elapsed_ms);
@@ -219,8 +223,8 @@ static void log_send_syslog(int severity, const char *line)
 	localtime_r(&now, &tm);
 	strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm);
 	dropped = atomic_load(&log_dropped);
-	n = snprintf(msg, sizeof(msg), "<%d>%s tlsshim[%ld]: %s", LOG_AUTHPRIV | severity, stamp,
-	             (long)getpid(), line);
+	n = snprintf(msg, sizeof(msg), "<%d>%s tlsshim[%ld]: %s",
+	             conf_get()->log_facility | severity, stamp, (long)getpid(), line);
 	if (dropped > 0 && n > 0 && (size_t)n < sizeof(msg))
 		n += snprintf(msg + n, sizeof(msg) - (size_t)n, " dropped=%lu", dropped);
 	if (n < 0)

@@ -33,6 +33,8 @@ struct log_event {
 	const char *sha256;
 	const char *not_after;
 	const char *tls;
+	const char *cipher;
+	int resumed; /* 0/1, -1 when not applicable */
 	const char *alert;
 	const char *ocsp;
 	long elapsed_ms;

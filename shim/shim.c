@@ -106,6 +106,34 @@ static void log_failure(const struct tls_failure *why, const struct sockaddr *pe
 	log_emit(&ev);
 }
 
+/* The audit line for a verified connection (log_success = yes). */
+static void log_connected(SSL *ssl, const struct sockaddr *peer, const char *name, long elapsed_ms)
+{
+	struct tls_failure cert;
+	struct log_event ev;
+
+	log_debug("connected to %s with %s %s", name != NULL ? name : "(address)",
+	          SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+	if (!conf_get()->log_success)
+		return;
+	memset(&cert, 0, sizeof(cert));
+	tlsio_describe_cert(SSL_get0_peer_certificate(ssl), &cert);
+	log_event_init(&ev, LOG_INFO, "connected");
+	ev.dir = "out";
+	ev.peer = peer;
+	ev.name = name;
+	ev.subject = cert.subject[0] ? cert.subject : NULL;
+	ev.issuer = cert.issuer[0] ? cert.issuer : NULL;
+	ev.serial = cert.serial[0] ? cert.serial : NULL;
+	ev.sha256 = cert.sha256[0] ? cert.sha256 : NULL;
+	ev.not_after = cert.not_after[0] ? cert.not_after : NULL;
+	ev.tls = SSL_get_version(ssl);
+	ev.cipher = SSL_get_cipher_name(ssl);
+	ev.resumed = SSL_session_reused(ssl) ? 1 : 0;
+	ev.elapsed_ms = elapsed_ms;
+	log_emit(&ev);
+}
+
 /*
  * Connects the hidden descriptor `tcp` (the program's socket object) within
  * the deadline.  Returns 0, or -1 with errno and `why` filled.
