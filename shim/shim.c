@@ -329,8 +329,7 @@ static int wrap_connect(int fd, const struct sockaddr *addr, socklen_t len,
 	}
 	if (tlsio_handshake(ssl, deadline, &why) != 0)
 		goto refuse;
-	log_debug("connected to %s with %s %s", name != NULL ? name : "(address)",
-	          SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+	log_connected(ssl, addr, name, tlsio_now_ms() - start);
 
 	r = hand_to_relay(fd, tcp, ssl, id, fl, fdfl, name);
 	if (r == 0)
