@@ -29,7 +29,7 @@ CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror $(SANFL
 LDHARDEN := -Wl,-z,relro,-z,now
 LIBS := -lssl -lcrypto -ldl -lpthread
 
-LIB_MODULES := real conf names fdreg log tlsio relay shim
+LIB_MODULES := real conf names fdreg log tlsio policy relay shim
 LIB_OBJS := $(LIB_MODULES:%=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard shim/*.h)
 
@@ -37,14 +37,20 @@ all: $(BUILD)/libtlsshim.so $(BUILD)/tlsshim
 
 $(BUILD)/obj/%.o: shim/%.c $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 $(BUILD)/libtlsshim.so: $(LIB_OBJS) shim/exports.map
-	$(CC) -shared $(SANFLAGS) $(LDHARDEN) -Wl,--version-script=shim/exports.map \
+	@echo "  LD      $@"
+	@$(CC) -shared $(SANFLAGS) $(LDHARDEN) -Wl,--version-script=shim/exports.map \
 		-Wl,--no-undefined -o $@ $(LIB_OBJS) $(LIBS)
 
-$(BUILD)/tlsshim: $(BUILD)/obj/cli.o
-	$(CC) $(SANFLAGS) $(LDHARDEN) -pie -o $@ $^
+# The command links the library's own modules (not shim.o, whose exports
+# would interpose the command itself), so check/probe/verify run the same code.
+CLI_OBJS := $(addprefix $(BUILD)/obj/,cli.o conf.o names.o tlsio.o policy.o)
+$(BUILD)/tlsshim: $(CLI_OBJS)
+	@echo "  LD      $@"
+	@$(CC) $(SANFLAGS) $(LDHARDEN) -pie -o $@ $^ -lssl -lcrypto -lpthread
 
 # --- tests -------------------------------------------------------------------
 
@@ -54,17 +60,18 @@ GTEST_LIBS := -lgtest -lgtest_main -lpthread
 # Unit tests link only the module under test and what it needs, never shim.o
 # (whose exported connect() etc. would interpose the test binary itself).
 UNIT_DEPS_names := names
-UNIT_DEPS_conf := conf
+UNIT_DEPS_conf := conf names
 UNIT_DEPS_fdreg := fdreg real
-UNIT_DEPS_log := log conf fdreg real
-UNIT_DEPS_tlsio := tlsio conf
-UNIT_DEPS_relay := relay log conf fdreg real tlsio
+UNIT_DEPS_log := log conf names fdreg real
+UNIT_DEPS_tlsio := tlsio conf names
+UNIT_DEPS_relay := relay log conf names fdreg real tlsio
 UNIT_TESTS := $(patsubst tests/unit/%_test.cc,%,$(wildcard tests/unit/*_test.cc))
 UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/tests/%_test)
 
 $(BUILD)/tests/%_test: tests/unit/%_test.cc $(HEADERS) $(wildcard tests/unit/*.h) $(BUILD)/libtlsshim.so
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_ALL) -o $@ $< $(foreach m,$(UNIT_DEPS_$*),$(BUILD)/obj/$(m).o) \
+	@echo "  CXX     $@"
+	@$(CXX) $(CXXFLAGS_ALL) -o $@ $< $(foreach m,$(UNIT_DEPS_$*),$(BUILD)/obj/$(m).o) \
 		$(GTEST_LIBS) $(LIBS)
 
 # The semantics tests are linked against the built library, placed before
@@ -72,7 +79,8 @@ $(BUILD)/tests/%_test: tests/unit/%_test.cc $(HEADERS) $(wildcard tests/unit/*.h
 INPROC_SRCS := $(wildcard tests/inproc/*.cc)
 $(BUILD)/tests/semantics_test: $(INPROC_SRCS) $(wildcard tests/inproc/*.h) $(BUILD)/libtlsshim.so
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_ALL) -Itests/inproc -o $@ $(INPROC_SRCS) \
+	@echo "  CXX     $@"
+	@$(CXX) $(CXXFLAGS_ALL) -Itests/inproc -o $@ $(INPROC_SRCS) \
 		-L$(BUILD) -Wl,--no-as-needed -ltlsshim -Wl,-rpath,$(abspath $(BUILD)) \
 		$(GTEST_LIBS) -lssl -lcrypto -lpthread
 

@@ -2,7 +2,15 @@
  * cli.c: the `tlsshim` command.
  *
  *   tlsshim version
- *   tlsshim run [--ca FILE] -- PROGRAM ARGS...
+ *   tlsshim run [--ca FILE | --config FILE] -- PROGRAM ARGS...
+ *   tlsshim check [FILE]
+ *   tlsshim probe HOST:PORT [--config FILE]
+ *   tlsshim verify [--config FILE [--rule NAME] | --ca FILE] [--untrusted FILE]
+ *                  [--name NAME | --ip ADDR] [--at UNIX_TIME] CERT.pem
+ *
+ * check, probe and verify use the library's own modules (configuration,
+ * policy, certificate verification), linked in, so what they say is what a
+ * live connection would do: the same code path, not a copy.
  *
  * `run` preloads the library that sits beside this binary (or TLSSHIM_LIB)
  * by absolute path and execs the program, after refusing programs that the
@@ -12,6 +20,17 @@
  * be a lie, so they are not run.
  */
 #include "compat.h"
+
+#include "conf.h"
+#include "names.h"
+#include "policy.h"
+#include "tlsio.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <poll.h>
 
 #include <elf.h>
 #include <errno.h>
@@ -35,7 +54,12 @@
 
 static void usage(FILE *to)
 {
-	fprintf(to, "usage: tlsshim run [--ca FILE] -- PROGRAM [ARGS...]\n"
+	fprintf(to, "usage: tlsshim run [--ca FILE | --config FILE] -- PROGRAM [ARGS...]\n"
+	            "       tlsshim check [FILE]\n"
+	            "       tlsshim probe HOST:PORT [--config FILE]\n"
+	            "       tlsshim verify [--config FILE [--rule NAME] | --ca FILE] [--untrusted "
+	            "FILE]\n"
+	            "                      [--name NAME | --ip ADDR] [--at UNIX_TIME] CERT.pem\n"
 	            "       tlsshim version\n");
 }
 
@@ -175,7 +199,7 @@ static int find_library(char *out, size_t outlen)
 static int cmd_run(int argc, char **argv)
 {
 	char lib[PATH_MAX], prog[PATH_MAX], abs[PATH_MAX], preload[2 * PATH_MAX + 2];
-	const char *ca = NULL, *why, *old;
+	const char *ca = NULL, *config = NULL, *why, *old;
 	int i;
 
 	for (i = 0; i < argc; i++) {
@@ -185,6 +209,8 @@ static int cmd_run(int argc, char **argv)
 		}
 		if (strcmp(argv[i], "--ca") == 0 && i + 1 < argc) {
 			ca = argv[++i];
+		} else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+			config = argv[++i];
 		} else if (argv[i][0] == '-') {
 			fprintf(stderr, "tlsshim run: unknown option %s\n", argv[i]);
 			usage(stderr);
@@ -221,6 +247,20 @@ static int cmd_run(int argc, char **argv)
 		}
 		setenv("TLSSHIM_CA_FILE", abs, 1);
 	}
+	if (config != NULL) {
+		struct shim_conf c;
+
+		if (realpath(config, abs) == NULL) {
+			fprintf(stderr, "tlsshim run: --config %s: %s\n", config, strerror(errno));
+			return EXIT_USAGE;
+		}
+		/* Refuse to start a program whose every connection would be refused. */
+		if (conf_load(&c, abs) != 0) {
+			fprintf(stderr, "tlsshim run: %s\n", c.error);
+			return EXIT_USAGE;
+		}
+		setenv("TLSSHIM_CONFIG", abs, 1);
+	}
 	old = getenv("LD_PRELOAD");
 	if (old != NULL && *old != '\0')
 		snprintf(preload, sizeof(preload), "%s:%s", lib, old);
@@ -232,8 +272,394 @@ static int cmd_run(int argc, char **argv)
 	return EXIT_REFUSED;
 }
 
+/* --- check ------------------------------------------------------------------ */
+
+static void print_tls(const struct conf_tls *t, const char *indent)
+{
+	printf("%strust:", indent);
+	if (t->ca_file)
+		printf(" ca_file=%s", t->ca_file);
+	if (t->ca_dir)
+		printf(" ca_dir=%s", t->ca_dir);
+	if (t->approved_cert)
+		printf(" approved_cert=%s", t->approved_cert);
+	if (!t->ca_file && !t->ca_dir && !t->approved_cert)
+		printf(" none");
+	printf("\n%smin_protocol=%s ocsp=%s pins=%zu", indent,
+	       t->min_protocol == 0x0304 ? "TLSv1.3" : "TLSv1.2", conf_ocsp_name(t->ocsp),
+	       t->npins);
+	if (t->ciphers)
+		printf(" ciphers=%s", t->ciphers);
+	if (t->ciphersuites)
+		printf(" ciphersuites=%s", t->ciphersuites);
+	if (t->cert)
+		printf(" cert=%s key=%s", t->cert, t->key);
+	printf("\n");
+}
+
+static int cmd_check(int argc, char **argv)
+{
+	struct shim_conf c;
+	struct policy p;
+	size_t i, j;
+
+	if (argc > 1 || (argc == 1 && argv[0][0] == '-')) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (conf_load(&c, argc == 1 ? argv[0] : NULL) != 0 || policy_build(&p, &c) != 0) {
+		fprintf(stderr, "tlsshim check: %s\n", c.usable ? p.error : c.error);
+		return 1;
+	}
+	printf("configuration: %s\n", c.file ? c.file : "(environment only)");
+	printf("handshake_timeout: %.1f s\n", c.handshake_timeout_ms / 1000.0);
+	printf("log: socket=%s ident=%s stderr=%s success=%s\n", c.log_socket, c.log_ident,
+	       c.log_stderr ? "yes" : "no", c.log_success ? "yes" : "no");
+	printf("rules (the first match decides):\n");
+	for (i = 0; i < c.nrules; i++) {
+		const struct conf_rule *r = &c.rules[i];
+
+		printf("  %zu. [%s] %s:", i + 1, r->section, conf_action_name(r->action));
+		for (j = 0; j < r->nmatch; j++)
+			printf("%s %s", j ? "," : "", r->match[j].text);
+		printf("\n");
+		if (r->action == ACTION_TLS) {
+			if (r->name)
+				printf("       name=%s\n", r->name);
+			print_tls(&r->tls, "       ");
+		}
+	}
+	printf("  *. (no rule matches) tls with the global settings:\n");
+	print_tls(&c.tls, "       ");
+	if (p.global_ctx == NULL)
+		printf("       (no global trust: such connections are refused)\n");
+	printf("ok\n");
+	return 0;
+}
+
+/* --- probe and verify: shared printing ------------------------------------- */
+
+static void print_cert(X509 *cert, int depth)
+{
+	char subject[256], issuer[256], pin[64];
+	const ASN1_TIME *nb = X509_get0_notBefore(cert), *na = X509_get0_notAfter(cert);
+	BIO *out = BIO_new_fp(stdout, BIO_NOCLOSE);
+
+	X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
+	X509_NAME_oneline(X509_get_issuer_name(cert), issuer, sizeof(issuer));
+	printf("  %d subject: %s\n    issuer:  %s\n    valid:   ", depth, subject, issuer);
+	if (out != NULL) {
+		ASN1_TIME_print(out, nb);
+		BIO_printf(out, " .. ");
+		ASN1_TIME_print(out, na);
+		BIO_free(out);
+	}
+	if (tlsio_spki_pin(cert, pin, sizeof(pin)) == 0)
+		printf("\n    pin:     %s\n", pin);
+	else
+		printf("\n");
+}
+
+static void print_failure(const struct tls_failure *why)
+{
+	printf("verdict: reject: %s", why->reason[0] ? why->reason : "unknown");
+	printf(" (stage=%s", why->stage ? why->stage : "?");
+	if (why->x509_err >= 0)
+		printf(" x509_err=%d depth=%d", why->x509_err, why->depth);
+	if (why->subject[0])
+		printf(" subject=%s", why->subject);
+	printf(")\n");
+}
+
+/* --- probe ----------------------------------------------------------------- */
+
+static int split_hostport(const char *arg, char *host, size_t hostlen, char *port, size_t portlen)
+{
+	const char *colon;
+
+	if (arg[0] == '[') {
+		const char *close = strchr(arg, ']');
+
+		if (close == NULL || close[1] != ':')
+			return -1;
+		snprintf(host, hostlen, "%.*s", (int)(close - arg - 1), arg + 1);
+		snprintf(port, portlen, "%s", close + 2);
+		return 0;
+	}
+	colon = strrchr(arg, ':');
+	if (colon == NULL || colon == arg || strchr(arg, ':') != colon)
+		return -1;
+	snprintf(host, hostlen, "%.*s", (int)(colon - arg), arg);
+	snprintf(port, portlen, "%s", colon + 1);
+	return 0;
+}
+
+static int probe_one(const struct policy *p, const struct sockaddr *sa, socklen_t salen,
+                     const char *name)
+{
+	const struct conf_rule *r;
+	struct tls_failure why;
+	const char *expect = name;
+	size_t idx = 0;
+	SSL_CTX *ctx;
+	SSL *ssl = NULL;
+	int fd = -1, rc = 1, i;
+	long deadline;
+
+	r = policy_match(p->conf, sa, name, &idx);
+	printf("rule: %s\n", r ? r->section : "(none: global settings)");
+	if (r != NULL && r->action != ACTION_TLS) {
+		printf("decision: %s\nverdict: %s\n", conf_action_name(r->action),
+		       r->action == ACTION_DENY ? "reject: denied by rule" : "accept (plaintext)");
+		return r->action == ACTION_DENY ? 1 : 0;
+	}
+	printf("decision: tls\n");
+	ctx = r ? p->rule_ctx[idx] : p->global_ctx;
+	if (ctx == NULL) {
+		printf("verdict: reject: no trust configured for destinations no rule matches\n");
+		return 1;
+	}
+	if (r != NULL && r->name != NULL)
+		expect = r->name;
+	printf("expected name: %s\n", expect ? expect : "(the address, against IP SANs)");
+	deadline = tlsio_now_ms() + p->conf->handshake_timeout_ms;
+	fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || (connect(fd, sa, salen) != 0 && errno != EINPROGRESS)) {
+		printf("verdict: reject: TCP connect: %s\n", strerror(errno));
+		goto out;
+	}
+	if (tlsio_wait(fd, POLLOUT, deadline) != 1) {
+		printf("verdict: reject: TCP connect timed out\n");
+		goto out;
+	} else {
+		int soerr = 0;
+		socklen_t l = sizeof(soerr);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l) != 0 || soerr != 0) {
+			printf("verdict: reject: TCP connect: %s\n", strerror(soerr));
+			goto out;
+		}
+	}
+	ssl = tlsio_client_new(ctx, fd, expect, sa);
+	if (ssl == NULL) {
+		printf("verdict: reject: cannot create TLS connection\n");
+		goto out;
+	}
+	rc = tlsio_handshake(ssl, deadline, &why) == 0 ? 0 : 1;
+	if (SSL_get_peer_cert_chain(ssl) != NULL) {
+		STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+
+		printf("protocol: %s\ncipher: %s\nchain:\n", SSL_get_version(ssl),
+		       SSL_get_cipher_name(ssl));
+		for (i = 0; i < sk_X509_num(chain); i++)
+			print_cert(sk_X509_value(chain, i), i);
+	}
+	if (rc == 0)
+		printf("verdict: accept\n");
+	else
+		print_failure(&why);
+out:
+	SSL_free(ssl);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+static int cmd_probe(int argc, char **argv)
+{
+	const char *target = NULL, *config = NULL;
+	char host[256], port[16];
+	struct addrinfo hints, *res = NULL, *ai;
+	struct shim_conf c;
+	struct policy p;
+	int i, rc = 1;
+
+	for (i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+			config = argv[++i];
+		else if (argv[i][0] != '-' && target == NULL)
+			target = argv[i];
+		else
+			target = NULL, i = argc;
+	}
+	if (target == NULL || split_hostport(target, host, sizeof(host), port, sizeof(port)) != 0) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (conf_load(&c, config) != 0 || policy_build(&p, &c) != 0) {
+		fprintf(stderr, "tlsshim probe: %s\n", c.usable ? p.error : c.error);
+		return EXIT_USAGE;
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(host, port, &hints, &res) != 0 || res == NULL) {
+		fprintf(stderr, "tlsshim probe: cannot resolve %s\n", host);
+		return EXIT_USAGE;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		char addr[INET6_ADDRSTRLEN], norm[256];
+		const char *name = names_normalise(host, norm, sizeof(norm)) == 0 ? norm : NULL;
+
+		getnameinfo(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr), NULL, 0,
+		            NI_NUMERICHOST);
+		printf("destination: %s port %s%s%s\n", addr, port, name ? " name " : "",
+		       name ? name : "");
+		rc = probe_one(&p, ai->ai_addr, ai->ai_addrlen, name);
+		if (ai->ai_next != NULL)
+			printf("\n");
+		if (rc != 0)
+			break; /* every address must pass for the policy to accept */
+	}
+	freeaddrinfo(res);
+	return rc;
+}
+
+/* --- verify ---------------------------------------------------------------- */
+
+static STACK_OF(X509) * read_certs(const char *file)
+{
+	STACK_OF(X509) *sk = sk_X509_new_null();
+	BIO *in = BIO_new_file(file, "r");
+	X509 *x;
+
+	if (sk == NULL || in == NULL) {
+		BIO_free(in);
+		sk_X509_free(sk);
+		return NULL;
+	}
+	while ((x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL)
+		sk_X509_push(sk, x);
+	ERR_clear_error();
+	BIO_free(in);
+	if (sk_X509_num(sk) == 0) {
+		sk_X509_free(sk);
+		return NULL;
+	}
+	return sk;
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+	const char *config = NULL, *rule = NULL, *ca = NULL, *untrusted_file = NULL;
+	const char *name = NULL, *ip = NULL, *certfile = NULL;
+	STACK_OF(X509) *certs = NULL, *untrusted = NULL;
+	static struct conf_tls ca_only;
+	struct tls_failure why;
+	struct shim_conf c;
+	struct policy p;
+	char err[400], *end;
+	SSL_CTX *ctx = NULL;
+	time_t at = 0;
+	int i, rc;
+	size_t j;
+
+	for (i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (a[0] != '-' && certfile == NULL) {
+			certfile = a;
+			continue;
+		}
+		if (v == NULL)
+			goto usage;
+		if (strcmp(a, "--config") == 0)
+			config = v;
+		else if (strcmp(a, "--rule") == 0)
+			rule = v;
+		else if (strcmp(a, "--ca") == 0)
+			ca = v;
+		else if (strcmp(a, "--untrusted") == 0)
+			untrusted_file = v;
+		else if (strcmp(a, "--name") == 0)
+			name = v;
+		else if (strcmp(a, "--ip") == 0)
+			ip = v;
+		else if (strcmp(a, "--at") == 0) {
+			errno = 0;
+			at = (time_t)strtoll(v, &end, 10);
+			if (errno != 0 || *end != '\0' || at <= 0)
+				goto usage;
+		} else
+			goto usage;
+		i++;
+	}
+	if (certfile == NULL || (config != NULL) == (ca != NULL) ||
+	    (rule != NULL && config == NULL) || (name != NULL && ip != NULL))
+		goto usage;
+
+	if (ca != NULL) {
+		ca_only.ca_file = ca;
+		ca_only.min_protocol = 0x0303;
+		ctx = tlsio_ctx_new(&ca_only, err, sizeof(err));
+		if (ctx == NULL) {
+			fprintf(stderr, "tlsshim verify: %s\n", err);
+			return EXIT_USAGE;
+		}
+	} else {
+		if (conf_load(&c, config) != 0 || policy_build(&p, &c) != 0) {
+			fprintf(stderr, "tlsshim verify: %s\n", c.usable ? p.error : c.error);
+			return EXIT_USAGE;
+		}
+		ctx = p.global_ctx;
+		if (rule != NULL) {
+			ctx = NULL;
+			for (j = 0; j < c.nrules; j++)
+				if (strcmp(c.rules[j].section, rule) == 0)
+					ctx = p.rule_ctx[j];
+			if (ctx == NULL) {
+				fprintf(stderr, "tlsshim verify: no tls rule [%s] in %s\n", rule,
+				        config);
+				return EXIT_USAGE;
+			}
+			for (j = 0; j < c.nrules; j++)
+				if (strcmp(c.rules[j].section, rule) == 0 && c.rules[j].name &&
+				    !name && !ip)
+					name = c.rules[j].name;
+		} else if (ctx == NULL) {
+			fprintf(stderr, "tlsshim verify: %s has no global trust; name a --rule\n",
+			        config);
+			return EXIT_USAGE;
+		}
+	}
+	certs = read_certs(certfile);
+	if (certs == NULL) {
+		fprintf(stderr, "tlsshim verify: %s: no certificate could be read\n", certfile);
+		return EXIT_USAGE;
+	}
+	if (untrusted_file != NULL && (untrusted = read_certs(untrusted_file)) == NULL) {
+		fprintf(stderr, "tlsshim verify: %s: no certificate could be read\n",
+		        untrusted_file);
+		sk_X509_pop_free(certs, X509_free);
+		return EXIT_USAGE;
+	}
+	/* Certificates after the first in CERT.pem count as sent by the server. */
+	if (untrusted == NULL)
+		untrusted = sk_X509_new_null();
+	for (i = 1; untrusted != NULL && i < sk_X509_num(certs); i++)
+		sk_X509_push(untrusted, X509_dup(sk_X509_value(certs, i)));
+	print_cert(sk_X509_value(certs, 0), 0);
+	rc = tlsio_verify_offline(ctx, sk_X509_value(certs, 0), untrusted, name, ip, at, &why);
+	if (rc == 0)
+		printf("verdict: accept\n");
+	else
+		print_failure(&why);
+	sk_X509_pop_free(certs, X509_free);
+	sk_X509_pop_free(untrusted, X509_free);
+	return rc == 0 ? 0 : 1;
+usage:
+	usage(stderr);
+	return EXIT_USAGE;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc >= 2 && strcmp(argv[1], "check") == 0)
+		return cmd_check(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "probe") == 0)
+		return cmd_probe(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "verify") == 0)
+		return cmd_verify(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "version") == 0) {
 		printf("tlsshim %s\n", TLSSHIM_VERSION);
 		return 0;

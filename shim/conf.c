@@ -1,16 +1,27 @@
 /*
- * conf.c: builds the immutable process configuration from the environment.
+ * conf.c: builds the immutable process configuration from the configuration
+ * file and the environment.
  *
- * Secure defaults: no trust at all (every connection refused), a 10 second
- * handshake bound, no stderr output.  A malformed value never falls back to a
- * default: it makes the configuration unusable, so the operator notices.
+ * The file is parsed by OpenSSL's NCONF (no parser of our own): `[tlsshim]`
+ * holds the global keys, `rules = SECTION` names a section whose values are
+ * rule section names in order.  Every key is known and checked; an unknown
+ * key, a bad value or an unreadable file makes the configuration unusable
+ * with a message that names the file and the key.  Secure defaults: no trust
+ * at all, TLS 1.2 minimum, OCSP `prefer`, a 10 second handshake bound.
  */
 #include "conf.h"
 
+#include "names.h"
+
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <openssl/conf.h>
+#include <openssl/evp.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +31,16 @@
 
 #define DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
 #define DEFAULT_REPEAT_WINDOW_MS     10000
+#define DEFAULT_CONFIG_FILE          "/etc/tlsshim/tlsshim.conf"
+#define TLS12                        0x0303
+#define TLS13                        0x0304
+#define MAX_RULES                    1024
+#define MAX_MATCHES                  256
 
 static struct shim_conf the_conf;
 static pthread_once_t conf_once = PTHREAD_ONCE_INIT;
+
+/* --- value parsers ------------------------------------------------------------ */
 
 int conf_parse_seconds(const char *text, int *out_ms)
 {
@@ -86,7 +104,7 @@ int conf_parse_facility(const char *text, int *out)
 }
 
 /* A syslog tag: 1 to 32 characters of [A-Za-z0-9_.-]. */
-static int conf_parse_ident(const char *text, char *out, size_t outlen)
+static int parse_ident(const char *text, char *out, size_t outlen)
 {
 	size_t n = strlen(text), i;
 
@@ -99,10 +117,576 @@ static int conf_parse_ident(const char *text, char *out, size_t outlen)
 	return 0;
 }
 
-static void conf_fail(struct shim_conf *c, const char *what, const char *value)
+static int parse_protocol(const char *text, int *out)
 {
-	c->usable = false;
-	snprintf(c->error, sizeof(c->error), "invalid %s=\"%.200s\"", what, value);
+	if (strcasecmp(text, "TLSv1.2") == 0)
+		*out = TLS12;
+	else if (strcasecmp(text, "TLSv1.3") == 0)
+		*out = TLS13;
+	else
+		return -1;
+	return 0;
+}
+
+static int parse_ocsp(const char *text, enum conf_ocsp *out)
+{
+	if (strcasecmp(text, "prefer") == 0)
+		*out = OCSP_PREFER;
+	else if (strcasecmp(text, "require") == 0)
+		*out = OCSP_REQUIRE;
+	else if (strcasecmp(text, "off") == 0)
+		*out = OCSP_OFF;
+	else
+		return -1;
+	return 0;
+}
+
+static int parse_action(const char *text, enum conf_action *out)
+{
+	if (strcasecmp(text, "tls") == 0)
+		*out = ACTION_TLS;
+	else if (strcasecmp(text, "plaintext") == 0)
+		*out = ACTION_PLAINTEXT;
+	else if (strcasecmp(text, "deny") == 0)
+		*out = ACTION_DENY;
+	else
+		return -1;
+	return 0;
+}
+
+const char *conf_action_name(enum conf_action a)
+{
+	return a == ACTION_TLS ? "tls" : a == ACTION_PLAINTEXT ? "plaintext" : "deny";
+}
+
+const char *conf_ocsp_name(enum conf_ocsp o)
+{
+	return o == OCSP_REQUIRE ? "require" : o == OCSP_OFF ? "off" : "prefer";
+}
+
+int conf_parse_pin(const char *text, unsigned char out[CONF_PIN_LEN])
+{
+	static const char prefix[] = "sha256//";
+	unsigned char buf[64];
+	size_t len;
+	int n;
+
+	if (strncmp(text, prefix, sizeof(prefix) - 1) != 0)
+		return -1;
+	text += sizeof(prefix) - 1;
+	len = strlen(text);
+	/* 32 bytes are 44 base64 characters, the last one '='. */
+	if (len != 44 || text[43] != '=' || text[42] == '=')
+		return -1;
+	n = EVP_DecodeBlock(buf, (const unsigned char *)text, (int)len);
+	if (n != 33) /* EVP_DecodeBlock counts the padding as a byte */
+		return -1;
+	memcpy(out, buf, CONF_PIN_LEN);
+	return 0;
+}
+
+/* "N", "N-M" or "*" into an inclusive range. */
+static int parse_ports(const char *text, unsigned int *lo, unsigned int *hi)
+{
+	char *end;
+	unsigned long a, b;
+
+	if (strcmp(text, "*") == 0) {
+		*lo = 0;
+		*hi = 65535;
+		return 0;
+	}
+	if (!isdigit((unsigned char)*text))
+		return -1;
+	errno = 0;
+	a = strtoul(text, &end, 10);
+	b = a;
+	if (errno == 0 && *end == '-' && isdigit((unsigned char)end[1]))
+		b = strtoul(end + 1, &end, 10);
+	if (errno != 0 || *end != '\0' || a > 65535 || b > 65535 || a > b)
+		return -1;
+	*lo = (unsigned int)a;
+	*hi = (unsigned int)b;
+	return 0;
+}
+
+/* An address or CIDR ("10.0.0.0/8", "2001:db8::/32", "192.0.2.1"). */
+static int parse_cidr(const char *text, struct conf_match *m)
+{
+	char host[INET6_ADDRSTRLEN + 8];
+	const char *slash = strchr(text, '/');
+	unsigned long bits = 0;
+	struct in_addr a4;
+	bool v4;
+	char *end;
+
+	if (strlen(text) >= sizeof(host))
+		return -1;
+	snprintf(host, sizeof(host), "%.*s", slash ? (int)(slash - text) : (int)strlen(text), text);
+	if (inet_pton(AF_INET, host, &a4) == 1) {
+		memset(m->addr, 0, 10);
+		m->addr[10] = m->addr[11] = 0xff;
+		memcpy(m->addr + 12, &a4, 4);
+		v4 = true;
+	} else if (inet_pton(AF_INET6, host, m->addr) == 1) {
+		v4 = false;
+	} else {
+		return -1;
+	}
+	if (slash != NULL) {
+		if (!isdigit((unsigned char)slash[1]))
+			return -1;
+		errno = 0;
+		bits = strtoul(slash + 1, &end, 10);
+		if (errno != 0 || *end != '\0' || bits > (v4 ? 32UL : 128UL))
+			return -1;
+	} else {
+		bits = v4 ? 32 : 128;
+	}
+	m->prefix = (unsigned int)bits + (v4 ? 96 : 0);
+	m->kind = MATCH_ADDR;
+	return 0;
+}
+
+int conf_parse_match(const char *text, struct conf_match *m, char *err, size_t errlen)
+{
+	char host[300];
+	const char *port = NULL;
+	const char *colon;
+
+	memset(m, 0, sizeof(*m));
+	m->port_lo = 0;
+	m->port_hi = 65535;
+	snprintf(m->text, sizeof(m->text), "%s", text);
+	if (strlen(text) >= sizeof(host)) {
+		snprintf(err, errlen, "pattern too long");
+		return -1;
+	}
+	if (text[0] == '[') {
+		const char *close = strchr(text, ']');
+
+		if (close == NULL || (close[1] != '\0' && close[1] != ':')) {
+			snprintf(err, errlen, "bad bracketed address");
+			return -1;
+		}
+		snprintf(host, sizeof(host), "%.*s", (int)(close - text - 1), text + 1);
+		if (close[1] == ':')
+			port = close + 2;
+	} else {
+		colon = strrchr(text, ':');
+		/* More than one colon without brackets: a bare IPv6 address. */
+		if (colon != NULL && strchr(text, ':') == colon) {
+			snprintf(host, sizeof(host), "%.*s", (int)(colon - text), text);
+			port = colon + 1;
+		} else {
+			snprintf(host, sizeof(host), "%s", text);
+		}
+	}
+	if (port != NULL && parse_ports(port, &m->port_lo, &m->port_hi) != 0) {
+		snprintf(err, errlen, "bad port \"%s\" (N, N-M or *)", port);
+		return -1;
+	}
+	if (strcmp(host, "*") == 0) {
+		m->kind = MATCH_ANY;
+		return 0;
+	}
+	if (strchr(host, ':') != NULL || strchr(host, '/') != NULL ||
+	    strspn(host, "0123456789.") == strlen(host)) {
+		if (parse_cidr(host, m) != 0) {
+			snprintf(err, errlen, "bad address or CIDR \"%s\"", host);
+			return -1;
+		}
+		return 0;
+	}
+	if (strncmp(host, "*.", 2) == 0) {
+		if (names_normalise(host + 2, m->name + 1, sizeof(m->name) - 1) != 0 ||
+		    strchr(m->name + 1, '*') != NULL) {
+			snprintf(err, errlen, "bad wildcard name \"%s\"", host);
+			return -1;
+		}
+		m->name[0] = '.';
+		m->kind = MATCH_SUFFIX;
+		return 0;
+	}
+	if (names_normalise(host, m->name, sizeof(m->name)) != 0) {
+		snprintf(err, errlen, "bad host name \"%s\"", host);
+		return -1;
+	}
+	m->kind = MATCH_NAME;
+	return 0;
+}
+
+/* --- loading ------------------------------------------------------------------ */
+
+struct loader {
+	struct shim_conf *c;
+	const char *file;
+	CONF *nc;                  /* the parsed file, between the two passes */
+	const char *rules_section; /* [tlsshim] rules = ... */
+	char dir[PATH_MAX];        /* the file's directory, for relative paths */
+	bool failed;
+};
+
+static void fail(struct loader *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void fail(struct loader *ld, const char *fmt, ...)
+{
+	char msg[400];
+	va_list ap;
+
+	if (ld->failed)
+		return; /* the first error is the one to fix */
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	ld->failed = true;
+	ld->c->usable = false;
+	if (ld->file != NULL)
+		snprintf(ld->c->error, sizeof(ld->c->error), "%s: %s", ld->file, msg);
+	else
+		snprintf(ld->c->error, sizeof(ld->c->error), "%s", msg);
+}
+
+/* A path from the file, made absolute against the file's directory. */
+static const char *keep_path(struct loader *ld, const char *value)
+{
+	char buf[PATH_MAX];
+
+	if (value[0] == '/' || ld->file == NULL || ld->dir[0] == '\0')
+		return strdup(value);
+	if ((size_t)snprintf(buf, sizeof(buf), "%s/%s", ld->dir, value) >= sizeof(buf))
+		return NULL;
+	return strdup(buf);
+}
+
+static void check_readable(struct loader *ld, const char *where, const char *key, const char *path,
+                           bool dir)
+{
+	if (path != NULL && access(path, dir ? (R_OK | X_OK) : R_OK) != 0)
+		fail(ld, "%s %s = %s: %s", where, key, path, strerror(errno));
+}
+
+/* Splits a comma list in place; calls `each` on every trimmed item. */
+static int each_item(char *list, int (*each)(void *arg, const char *item), void *arg)
+{
+	char *save = NULL, *item;
+
+	for (item = strtok_r(list, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+		char *end;
+
+		while (isspace((unsigned char)*item))
+			item++;
+		end = item + strlen(item);
+		while (end > item && isspace((unsigned char)end[-1]))
+			*--end = '\0';
+		if (*item == '\0' || each(arg, item) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+struct pin_ctx {
+	struct conf_tls *t;
+	const char *bad;
+};
+
+static int add_pin(void *arg, const char *item)
+{
+	struct pin_ctx *pc = arg;
+
+	if (pc->t->npins >= CONF_MAX_PINS || conf_parse_pin(item, pc->t->pins[pc->t->npins]) != 0) {
+		pc->bad = item;
+		return -1;
+	}
+	pc->t->npins++;
+	return 0;
+}
+
+/* Which TLS keys a section set, for inheritance. */
+struct tls_set {
+	bool trust, min_protocol, ciphers, ciphersuites, ocsp, cert, pins;
+};
+
+/*
+ * Applies one TLS key to `t`.  Returns 1 when `key` is a TLS key (handled,
+ * maybe failed), 0 when it is not one.
+ */
+static int tls_key(struct loader *ld, const char *where, struct conf_tls *t, struct tls_set *set,
+                   const char *key, const char *value)
+{
+	if (strcmp(key, "ca_file") == 0 || strcmp(key, "ca_dir") == 0 ||
+	    strcmp(key, "approved_cert") == 0 || strcmp(key, "cert") == 0 ||
+	    strcmp(key, "key") == 0) {
+		const char *p = keep_path(ld, value);
+		bool is_dir = strcmp(key, "ca_dir") == 0;
+
+		if (p == NULL) {
+			fail(ld, "%s %s: path too long", where, key);
+			return 1;
+		}
+		check_readable(ld, where, key, p, is_dir);
+		if (key[0] == 'c' && key[1] == 'a' && key[3] == 'f')
+			t->ca_file = p, set->trust = true;
+		else if (is_dir)
+			t->ca_dir = p, set->trust = true;
+		else if (key[0] == 'a')
+			t->approved_cert = p, set->trust = true;
+		else if (strcmp(key, "cert") == 0)
+			t->cert = p, set->cert = true;
+		else
+			t->key = p, set->cert = true;
+	} else if (strcmp(key, "min_protocol") == 0) {
+		if (parse_protocol(value, &t->min_protocol) != 0)
+			fail(ld, "%s min_protocol = %s: expected TLSv1.2 or TLSv1.3", where, value);
+		set->min_protocol = true;
+	} else if (strcmp(key, "ciphers") == 0) {
+		t->ciphers = strdup(value);
+		set->ciphers = true;
+	} else if (strcmp(key, "ciphersuites") == 0) {
+		t->ciphersuites = strdup(value);
+		set->ciphersuites = true;
+	} else if (strcmp(key, "ocsp") == 0) {
+		if (parse_ocsp(value, &t->ocsp) != 0)
+			fail(ld, "%s ocsp = %s: expected require, prefer or off", where, value);
+		set->ocsp = true;
+	} else if (strcmp(key, "pin") == 0) {
+		char *copy = strdup(value);
+		struct pin_ctx pc = {t, NULL};
+
+		t->npins = 0;
+		if (copy == NULL || each_item(copy, add_pin, &pc) != 0)
+			fail(ld,
+			     "%s pin: bad pin \"%s\" (expected sha256//BASE64 of 32 bytes, at most "
+			     "%d)",
+			     where, pc.bad != NULL ? pc.bad : value, CONF_MAX_PINS);
+		free(copy);
+		set->pins = true;
+	} else {
+		return 0;
+	}
+	return 1;
+}
+
+static void global_key(struct loader *ld, struct tls_set *set, const char *key, const char *value,
+                       const char **rules_section)
+{
+	struct shim_conf *c = ld->c;
+
+	if (tls_key(ld, "[tlsshim]", &c->tls, set, key, value))
+		return;
+	if (strcmp(key, "handshake_timeout") == 0) {
+		if (conf_parse_seconds(value, &c->handshake_timeout_ms) != 0)
+			fail(ld, "[tlsshim] handshake_timeout = %s: expected seconds, 0.1 to 3600",
+			     value);
+	} else if (strcmp(key, "rules") == 0) {
+		*rules_section = value;
+	} else if (strcmp(key, "log_stderr") == 0 || strcmp(key, "log_success") == 0) {
+		if (conf_parse_bool(value, key[4] == 's' && key[5] == 't' ? &c->log_stderr
+		                                                          : &c->log_success) != 0)
+			fail(ld, "[tlsshim] %s = %s: expected yes or no", key, value);
+	} else if (strcmp(key, "log_socket") == 0) {
+		c->log_socket = strdup(value);
+	} else if (strcmp(key, "log_facility") == 0) {
+		if (conf_parse_facility(value, &c->log_facility) != 0)
+			fail(ld, "[tlsshim] log_facility = %s: unknown facility", value);
+	} else if (strcmp(key, "log_ident") == 0) {
+		if (parse_ident(value, c->log_ident, sizeof(c->log_ident)) != 0)
+			fail(ld, "[tlsshim] log_ident = %s: 1 to 32 of [A-Za-z0-9_.-]", value);
+	} else if (strcmp(key, "log_repeat_window") == 0) {
+		if (conf_parse_seconds(value, &c->log_repeat_window_ms) != 0)
+			fail(ld, "[tlsshim] log_repeat_window = %s: expected seconds", value);
+	} else {
+		fail(ld, "[tlsshim] unknown key \"%s\"", key);
+	}
+}
+
+struct match_ctx {
+	struct conf_rule *r;
+	char err[160];
+	const char *bad;
+};
+
+static int add_match(void *arg, const char *item)
+{
+	struct match_ctx *mc = arg;
+	struct conf_match *grown;
+
+	if (mc->r->nmatch >= MAX_MATCHES) {
+		snprintf(mc->err, sizeof(mc->err), "more than %d patterns", MAX_MATCHES);
+		mc->bad = item;
+		return -1;
+	}
+	grown = realloc(mc->r->match, (mc->r->nmatch + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return -1;
+	mc->r->match = grown;
+	if (conf_parse_match(item, &grown[mc->r->nmatch], mc->err, sizeof(mc->err)) != 0) {
+		mc->bad = item;
+		return -1;
+	}
+	mc->r->nmatch++;
+	return 0;
+}
+
+/* Fills the TLS settings a rule did not set from the global ones. */
+static void inherit(struct conf_tls *t, const struct tls_set *set, const struct conf_tls *g)
+{
+	if (!set->trust) {
+		t->ca_file = g->ca_file;
+		t->ca_dir = g->ca_dir;
+		t->approved_cert = g->approved_cert;
+	}
+	if (!set->min_protocol)
+		t->min_protocol = g->min_protocol;
+	if (!set->ciphers)
+		t->ciphers = g->ciphers;
+	if (!set->ciphersuites)
+		t->ciphersuites = g->ciphersuites;
+	if (!set->ocsp)
+		t->ocsp = g->ocsp;
+	if (!set->cert) {
+		t->cert = g->cert;
+		t->key = g->key;
+	}
+	if (!set->pins) {
+		t->npins = g->npins;
+		memcpy(t->pins, g->pins, sizeof(t->pins));
+	}
+}
+
+static void load_rule(struct loader *ld, CONF *nc, const char *section, struct conf_rule *r)
+{
+	STACK_OF(CONF_VALUE) *sect = NCONF_get_section(nc, section);
+	struct tls_set set = {0};
+	char where[96];
+	bool have_action = false;
+	int i;
+
+	snprintf(where, sizeof(where), "[%.80s]", section);
+	r->section = strdup(section);
+	r->tls.min_protocol = TLS12;
+	if (sect == NULL) {
+		fail(ld, "rule section [%s] does not exist", section);
+		return;
+	}
+	for (i = 0; i < sk_CONF_VALUE_num(sect) && !ld->failed; i++) {
+		const CONF_VALUE *v = sk_CONF_VALUE_value(sect, i);
+
+		if (strcmp(v->name, "match") == 0) {
+			char *copy = strdup(v->value);
+			struct match_ctx mc = {r, "", NULL};
+
+			if (copy == NULL || each_item(copy, add_match, &mc) != 0)
+				fail(ld, "%s match: \"%s\": %s", where, mc.bad ? mc.bad : v->value,
+				     mc.err[0] ? mc.err : "empty pattern");
+			free(copy);
+		} else if (strcmp(v->name, "action") == 0) {
+			if (parse_action(v->value, &r->action) != 0)
+				fail(ld, "%s action = %s: expected tls, plaintext or deny", where,
+				     v->value);
+			have_action = true;
+		} else if (strcmp(v->name, "name") == 0) {
+			char norm[NAMES_MAXLEN + 1];
+
+			if (names_normalise(v->value, norm, sizeof(norm)) != 0)
+				fail(ld, "%s name = %s: not a DNS host name", where, v->value);
+			r->name = strdup(norm);
+		} else if (!tls_key(ld, where, &r->tls, &set, v->name, v->value)) {
+			fail(ld, "%s unknown key \"%s\"", where, v->name);
+		}
+	}
+	if (ld->failed)
+		return;
+	if (r->nmatch == 0)
+		fail(ld, "%s has no match", where);
+	else if (!have_action)
+		fail(ld, "%s has no action (tls, plaintext or deny)", where);
+	else if (r->action != ACTION_TLS &&
+	         (set.trust || set.cert || set.pins || set.ciphers || set.ciphersuites ||
+	          set.ocsp || set.min_protocol || r->name != NULL))
+		fail(ld, "%s: action %s takes no TLS settings", where, conf_action_name(r->action));
+	else if ((r->tls.cert == NULL) != (r->tls.key == NULL))
+		fail(ld, "%s: cert and key go together", where);
+	inherit(&r->tls, &set, &ld->c->tls);
+	if (!ld->failed && r->action == ACTION_TLS && r->tls.ca_file == NULL &&
+	    r->tls.ca_dir == NULL && r->tls.approved_cert == NULL)
+		fail(ld,
+		     "%s: no trust anchors (ca_file, ca_dir or approved_cert, here or in "
+		     "[tlsshim])",
+		     where);
+}
+
+/* First pass: parse the file and its [tlsshim] section. */
+static void load_file(struct loader *ld)
+{
+	STACK_OF(CONF_VALUE) * sect;
+	struct tls_set set = {0};
+	const char *slash;
+	long eline = -1;
+	int i;
+
+	slash = strrchr(ld->file, '/');
+	if (slash != NULL)
+		snprintf(ld->dir, sizeof(ld->dir), "%.*s", (int)(slash - ld->file), ld->file);
+	if (access(ld->file, R_OK) != 0) {
+		fail(ld, "%s", strerror(errno));
+		return;
+	}
+	ld->nc = NCONF_new(NULL);
+	if (ld->nc == NULL) {
+		fail(ld, "out of memory");
+		return;
+	}
+	if (NCONF_load(ld->nc, ld->file, &eline) <= 0) {
+		if (eline > 0)
+			fail(ld, "line %ld: syntax error", eline);
+		else
+			fail(ld, "cannot be read as a configuration file");
+		return;
+	}
+	sect = NCONF_get_section(ld->nc, "tlsshim");
+	if (sect == NULL) {
+		fail(ld, "no [tlsshim] section");
+		return;
+	}
+	for (i = 0; i < sk_CONF_VALUE_num(sect) && !ld->failed; i++) {
+		const CONF_VALUE *v = sk_CONF_VALUE_value(sect, i);
+
+		global_key(ld, &set, v->name, v->value, &ld->rules_section);
+	}
+	if (!ld->failed && (ld->c->tls.cert == NULL) != (ld->c->tls.key == NULL))
+		fail(ld, "[tlsshim]: cert and key go together");
+}
+
+/* Second pass, after the environment's overrides: the rules, in order. */
+static void load_rules(struct loader *ld)
+{
+	STACK_OF(CONF_VALUE) *rules = NULL;
+	int i, n;
+
+	if (ld->rules_section != NULL) {
+		rules = NCONF_get_section(ld->nc, ld->rules_section);
+		if (rules == NULL) {
+			fail(ld, "[tlsshim] rules = %s: no such section", ld->rules_section);
+			return;
+		}
+	}
+	n = rules != NULL ? sk_CONF_VALUE_num(rules) : 0;
+	if (n > MAX_RULES) {
+		fail(ld, "[%s]: more than %d rules", ld->rules_section, MAX_RULES);
+		return;
+	}
+	ld->c->rules = calloc((size_t)(n > 0 ? n : 1), sizeof(struct conf_rule));
+	if (ld->c->rules == NULL) {
+		fail(ld, "out of memory");
+		return;
+	}
+	for (i = 0; i < n && !ld->failed; i++) {
+		const CONF_VALUE *v = sk_CONF_VALUE_value(rules, i);
+
+		load_rule(ld, ld->nc, v->value, &ld->c->rules[i]);
+		ld->c->nrules = (size_t)i + 1;
+	}
 }
 
 /* An empty environment value counts as unset. */
@@ -113,62 +697,86 @@ static const char *conf_env(const char *name)
 	return (v != NULL && *v != '\0') ? v : NULL;
 }
 
-static void conf_load(void)
+static void load_env(struct loader *ld)
 {
-	struct shim_conf *c = &the_conf;
+	struct shim_conf *c = ld->c;
 	const char *v;
 
-	c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
+	if ((v = conf_env("TLSSHIM_DEBUG")) != NULL && conf_parse_bool(v, &c->debug) != 0)
+		c->debug = true;
+	if ((v = conf_env("TLSSHIM_LOG_STDERR")) != NULL && conf_parse_bool(v, &c->log_stderr) != 0)
+		fail(ld, "invalid TLSSHIM_LOG_STDERR=\"%.200s\"", v);
+	if ((v = conf_env("TLSSHIM_LOG_SUCCESS")) != NULL &&
+	    conf_parse_bool(v, &c->log_success) != 0)
+		fail(ld, "invalid TLSSHIM_LOG_SUCCESS=\"%.200s\"", v);
+	if ((v = conf_env("TLSSHIM_LOG_SOCKET")) != NULL)
+		c->log_socket = v;
+	if ((v = conf_env("TLSSHIM_LOG_FACILITY")) != NULL &&
+	    conf_parse_facility(v, &c->log_facility) != 0)
+		fail(ld, "invalid TLSSHIM_LOG_FACILITY=\"%.200s\"", v);
+	if ((v = conf_env("TLSSHIM_LOG_IDENT")) != NULL &&
+	    parse_ident(v, c->log_ident, sizeof(c->log_ident)) != 0)
+		fail(ld, "invalid TLSSHIM_LOG_IDENT=\"%.200s\"", v);
+	if ((v = conf_env("TLSSHIM_HANDSHAKE_TIMEOUT")) != NULL &&
+	    conf_parse_seconds(v, &c->handshake_timeout_ms) != 0)
+		fail(ld, "invalid TLSSHIM_HANDSHAKE_TIMEOUT=\"%.200s\" (seconds, 0.1 to 3600)", v);
+	if ((v = conf_env("TLSSHIM_CA_FILE")) != NULL) {
+		c->tls.ca_file = v;
+		if (access(v, R_OK) != 0)
+			fail(ld, "invalid TLSSHIM_CA_FILE=\"%.200s\" (not readable)", v);
+	}
+	if ((v = conf_env("TLSSHIM_CA_DIR")) != NULL) {
+		c->tls.ca_dir = v;
+		if (access(v, R_OK | X_OK) != 0)
+			fail(ld, "invalid TLSSHIM_CA_DIR=\"%.200s\" (not a readable directory)", v);
+	}
+}
+
+int conf_load(struct shim_conf *c, const char *file)
+{
+	struct loader ld = {c, NULL, NULL, NULL, "", false};
+
+	memset(c, 0, sizeof(*c));
 	c->usable = true;
+	c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
+	c->tls.min_protocol = TLS12;
+	c->tls.ocsp = OCSP_PREFER;
 	c->log_socket = "/dev/log";
 	c->log_facility = LOG_AUTHPRIV;
 	snprintf(c->log_ident, sizeof(c->log_ident), "tlsshim");
 	c->log_repeat_window_ms = DEFAULT_REPEAT_WINDOW_MS;
 
-	if ((v = conf_env("TLSSHIM_LOG_SOCKET")) != NULL)
-		c->log_socket = v;
-	if ((v = conf_env("TLSSHIM_LOG_FACILITY")) != NULL &&
-	    conf_parse_facility(v, &c->log_facility) != 0)
-		conf_fail(c, "TLSSHIM_LOG_FACILITY", v);
-	if ((v = conf_env("TLSSHIM_LOG_IDENT")) != NULL &&
-	    conf_parse_ident(v, c->log_ident, sizeof(c->log_ident)) != 0)
-		conf_fail(c, "TLSSHIM_LOG_IDENT", v);
-	if ((v = conf_env("TLSSHIM_LOG_SUCCESS")) != NULL &&
-	    conf_parse_bool(v, &c->log_success) != 0)
-		conf_fail(c, "TLSSHIM_LOG_SUCCESS", v);
-
-	if ((v = conf_env("TLSSHIM_DEBUG")) != NULL && conf_parse_bool(v, &c->debug) != 0)
-		c->debug = true;
-	if ((v = conf_env("TLSSHIM_LOG_STDERR")) != NULL && conf_parse_bool(v, &c->log_stderr) != 0)
-		conf_fail(c, "TLSSHIM_LOG_STDERR", v);
-	if ((v = conf_env("TLSSHIM_HANDSHAKE_TIMEOUT")) != NULL &&
-	    conf_parse_seconds(v, &c->handshake_timeout_ms) != 0)
-		conf_fail(c, "TLSSHIM_HANDSHAKE_TIMEOUT (seconds, 0.1 to 3600)", v);
-
-	c->ca_file = conf_env("TLSSHIM_CA_FILE");
-	c->ca_dir = conf_env("TLSSHIM_CA_DIR");
-	if (c->ca_file != NULL && access(c->ca_file, R_OK) != 0)
-		conf_fail(c, "TLSSHIM_CA_FILE (not readable)", c->ca_file);
-	if (c->ca_dir != NULL && access(c->ca_dir, R_OK | X_OK) != 0)
-		conf_fail(c, "TLSSHIM_CA_DIR (not a readable directory)", c->ca_dir);
-
-	if ((v = conf_env("TLSSHIM_CONFIG")) != NULL) {
-		c->usable = false;
-		snprintf(c->error, sizeof(c->error),
-		         "TLSSHIM_CONFIG=\"%.200s\": configuration files are not supported by this "
-		         "build; use TLSSHIM_CA_FILE",
-		         v);
+	if (file == NULL)
+		file = conf_env("TLSSHIM_CONFIG");
+	if (file == NULL && access(DEFAULT_CONFIG_FILE, F_OK) == 0)
+		file = DEFAULT_CONFIG_FILE;
+	if (file != NULL) {
+		c->file = strdup(file);
+		ld.file = c->file;
+		load_file(&ld);
 	}
-	if (c->usable && c->ca_file == NULL && c->ca_dir == NULL) {
-		c->usable = false;
-		snprintf(c->error, sizeof(c->error),
-		         "no trust configured: set TLSSHIM_CA_FILE=/path/to/approved-ca.pem "
-		         "(or TLSSHIM_CA_DIR)");
-	}
+	/* The environment overrides single global keys; rules inherit the result. */
+	ld.file = NULL; /* its errors name the variable */
+	load_env(&ld);
+	ld.file = c->file;
+	if (ld.nc != NULL && !ld.failed)
+		load_rules(&ld);
+	NCONF_free(ld.nc);
+	c->ca_file = c->tls.ca_file;
+	c->ca_dir = c->tls.ca_dir;
+	if (!ld.failed && c->file == NULL && c->ca_file == NULL && c->ca_dir == NULL)
+		fail(&ld, "no trust configured: set TLSSHIM_CA_FILE=/path/to/approved-ca.pem "
+		          "(or TLSSHIM_CA_DIR, or a configuration file in TLSSHIM_CONFIG)");
+	return ld.failed ? -1 : 0;
+}
+
+static void conf_load_once(void)
+{
+	(void)conf_load(&the_conf, NULL);
 }
 
 const struct shim_conf *conf_get(void)
 {
-	pthread_once(&conf_once, conf_load);
+	pthread_once(&conf_once, conf_load_once);
 	return &the_conf;
 }

@@ -1,11 +1,44 @@
 /*
  * log.c: formats events as `key=value` lines and sends them to syslog.
  *
- * The RFC 3164 header is written here, so the program's openlog() ident,
- * facility and options stay untouched.  The socket is non-blocking and one of
- * the shim's hidden descriptors (the program's closefrom() cannot take it);
- * when the daemon is absent or its queue is full the line is dropped and
- * counted, and the count rides on the next line that gets through.
+ * Sending.  The RFC 3164 header (`<PRI>Mmm dd hh:mm:ss IDENT[PID]: `) is
+ * written here, from log_facility and log_ident, so the program's openlog()
+ * ident, facility and options stay untouched.  The socket is a non-blocking
+ * AF_UNIX datagram socket connected to log_socket and is one of the shim's
+ * hidden descriptors (the program's close()/closefrom() cannot take it);
+ * before each send it is checked to still be ours, since a raw close_range
+ * syscall or a dup2() onto its number would have replaced it.  A syslog
+ * daemon that restarts binds a new socket at the same path and our send
+ * fails with ECONNREFUSED (then ENOTCONN): we reconnect once and resend.
+ * When the daemon is absent or its queue is full (EAGAIN) the line is
+ * dropped and counted, and `dropped=N` rides on the next line that gets
+ * through.  The count is read, appended and cleared under the channel lock
+ * together with the send, so concurrent threads neither lose nor repeat it.
+ *
+ * Folding.  Identical events -- same event name, peer and reason -- within
+ * log_repeat_window_ms are folded, so a retry loop cannot flood the log:
+ *  - the first occurrence is sent at once and opens a window for its key in
+ *    a fixed table of FOLD_SLOTS slots;
+ *  - later occurrences inside the window are not sent; the slot counts them
+ *    and keeps the text of the latest one;
+ *  - when the window has closed, that latest line is sent once more with
+ *    ` repeated=N` (N occurrences not sent on their own).  A closed window is
+ *    noticed by the next line of any kind (every emit first flushes closed
+ *    windows), by log_flush(), and at exit by an atexit handler, which sends
+ *    every pending count whether or not its window closed and turns folding
+ *    off for whatever is logged later in the exit;
+ *  - when all slots are busy, the one whose window opened first is closed
+ *    early: its count is sent then, and the slot reused.
+ * So a count is never discarded while the process lives: it is delayed at
+ * most until the process logs again or exits.  It is lost only with the
+ * process itself (killed by a signal, _exit(), exec) or, like any line, when
+ * the socket drops the line that carries it (then `dropped=` says so).
+ * Events = lines without `repeated=` + the sum of the `repeated=` values.
+ * `connected` audit lines are never folded: each connection is reported.
+ *
+ * The line, with `repeated=` but without `dropped=` (a syslog matter), is
+ * also written to standard error when log_stderr is set.  After fork() the
+ * child starts afresh (log_atfork_child): new lock, no socket, no counts.
  */
 #include "log.h"
 
@@ -15,32 +48,69 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #define LOG_LINE_MAX 4096
+/* Room for the header (PRI, time, 32-byte ident, pid), suffixes and '\n'. */
+#define LOG_MSG_MAX  (LOG_LINE_MAX + 160)
+#define FOLD_SLOTS   32
+#define FOLD_KEY_MAX 384
 
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static int log_fd = -1;
-static atomic_ulong log_dropped;
+/* --- events and their severity ----------------------------------------------- */
+
+static const struct {
+	const char *event;
+	int severity;
+	bool fold;
+} log_events[] = {
+        {"handshake_failed", LOG_ERR, true},     {"refused_plaintext", LOG_ERR, true},
+        {"relay_failed", LOG_ERR, true},         {"config_error", LOG_ERR, true},
+        {"denied", LOG_WARNING, true},           {"insecure_setting", LOG_WARNING, true},
+        {"plaintext_allowed", LOG_NOTICE, true}, {"connected", LOG_INFO, false},
+};
+
+int log_severity(const char *event)
+{
+	size_t i;
+
+	for (i = 0; event != NULL && i < sizeof(log_events) / sizeof(log_events[0]); i++)
+		if (strcmp(event, log_events[i].event) == 0)
+			return log_events[i].severity;
+	return LOG_NOTICE;
+}
+
+/* Whether identical lines of `event` are folded; unknown names are. */
+static bool log_folds(const char *event)
+{
+	size_t i;
+
+	for (i = 0; event != NULL && i < sizeof(log_events) / sizeof(log_events[0]); i++)
+		if (strcmp(event, log_events[i].event) == 0)
+			return log_events[i].fold;
+	return true;
+}
 
 void log_event_init(struct log_event *ev, int severity, const char *event)
 {
 	memset(ev, 0, sizeof(*ev));
-	ev->severity = severity;
+	ev->severity = severity >= 0 ? severity : log_severity(event);
 	ev->event = event;
 	ev->x509_err = -1;
 	ev->depth = -1;
 	ev->elapsed_ms = -1;
 	ev->resumed = -1;
 }
+
+/* --- formatting -------------------------------------------------------------------- */
 
 struct out {
 	char *buf;
@@ -112,26 +182,36 @@ static void out_kl(struct out *o, const char *key, long value)
 	out_kv(o, key, num);
 }
 
-static void out_addr(struct out *o, const char *key, const struct sockaddr *sa)
+/* `ip:port` or `[ipv6]:port` into `text`; false for other families. */
+static bool addr_text(const struct sockaddr *sa, char *text, size_t len)
 {
-	char host[INET6_ADDRSTRLEN], text[INET6_ADDRSTRLEN + 10];
+	char host[INET6_ADDRSTRLEN];
 
 	if (sa == NULL)
-		return;
+		return false;
 	if (sa->sa_family == AF_INET) {
 		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
 
 		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-		snprintf(text, sizeof(text), "%s:%u", host, ntohs(in->sin_port));
-	} else if (sa->sa_family == AF_INET6) {
+		snprintf(text, len, "%s:%u", host, ntohs(in->sin_port));
+		return true;
+	}
+	if (sa->sa_family == AF_INET6) {
 		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
 
 		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-		snprintf(text, sizeof(text), "[%s]:%u", host, ntohs(in6->sin6_port));
-	} else {
-		return;
+		snprintf(text, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+		return true;
 	}
-	out_kv(o, key, text);
+	return false;
+}
+
+static void out_addr(struct out *o, const char *key, const struct sockaddr *sa)
+{
+	char text[INET6_ADDRSTRLEN + 10];
+
+	if (addr_text(sa, text, sizeof(text)))
+		out_kv(o, key, text);
 }
 
 static char log_exe_path[512];
@@ -189,63 +269,36 @@ size_t log_format(const struct log_event *ev, char *buf, size_t len)
 	return o.pos;
 }
 
-/* Caller holds log_lock. Returns the socket, opening it if needed. */
-static int log_socket_locked(void)
-{
-	struct sockaddr_un sun;
-	int fd;
+/* --- the channel: socket, dropped count, folding table ---------------------------- */
 
-	if (log_fd >= 0)
-		return log_fd;
-	fd = fdreg_adopt(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-	if (fd < 0)
-		return -1;
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", "/dev/log");
-	if (real.connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-		fdreg_release(fd);
-		return -1;
-	}
-	log_fd = fd;
-	return fd;
-}
+struct fold_slot {
+	bool used;
+	int severity;        /* of the latest folded occurrence */
+	uint64_t hash;       /* of the whole key (the stored copy may be cut short) */
+	long long start_ms;  /* when the window opened */
+	unsigned long count; /* occurrences folded since */
+	char key[FOLD_KEY_MAX];
+};
 
-static void log_send_syslog(int severity, const char *line)
-{
-	char msg[LOG_LINE_MAX + 128];
-	char stamp[32];
-	struct tm tm;
-	time_t now = time(NULL);
+struct log_chan {
+	pthread_mutex_t lock;
+	/* Settings, fixed by chan_setup(). */
+	struct sockaddr_un addr;
+	bool addr_ok; /* the path fits in sun_path */
+	char ident[33];
+	int facility;
+	int window_ms;
+	bool to_stderr;
+	/* State, under the lock. */
+	int fd;       /* hidden descriptor, or -1 */
+	dev_t fd_dev; /* identity of fd, to notice it was replaced */
+	ino_t fd_ino;
+	bool connected;
+	bool exiting; /* the exit flush ran: nothing is folded any more */
 	unsigned long dropped;
-	int fd, n;
-
-	localtime_r(&now, &tm);
-	strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm);
-	dropped = atomic_load(&log_dropped);
-	n = snprintf(msg, sizeof(msg), "<%d>%s tlsshim[%ld]: %s",
-	             conf_get()->log_facility | severity, stamp, (long)getpid(), line);
-	if (dropped > 0 && n > 0 && (size_t)n < sizeof(msg))
-		n += snprintf(msg + n, sizeof(msg) - (size_t)n, " dropped=%lu", dropped);
-	if (n < 0)
-		return;
-	if ((size_t)n >= sizeof(msg))
-		n = (int)sizeof(msg) - 1;
-
-	pthread_mutex_lock(&log_lock);
-	fd = log_socket_locked();
-	if (fd >= 0 && send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) == n) {
-		atomic_fetch_sub(&log_dropped, dropped);
-	} else {
-		atomic_fetch_add(&log_dropped, 1);
-		/* The daemon may have restarted: reconnect next time. */
-		if (fd >= 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-			fdreg_release(fd);
-			log_fd = -1;
-		}
-	}
-	pthread_mutex_unlock(&log_lock);
-}
+	struct fold_slot slot[FOLD_SLOTS];
+	char text[FOLD_SLOTS][LOG_LINE_MAX]; /* the latest folded line of each slot */
+};
 
 static void log_write_stderr(const char *text, size_t n)
 {
@@ -261,21 +314,398 @@ static void log_write_stderr(const char *text, size_t n)
 	}
 }
 
-void log_emit(const struct log_event *ev)
+/* A lock that cannot be taken is a broken invariant: say where, and stop. */
+static void chan_lock_failed(const char *who, int rc)
 {
-	char line[LOG_LINE_MAX];
-	const struct shim_conf *c = conf_get();
+	char msg[160];
+	int n = snprintf(msg, sizeof(msg), "tlsshim: %s: log lock: %s\n", who, strerror(rc));
+
+	if (n > 0)
+		log_write_stderr(msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+	abort();
+}
+
+static void chan_lock(struct log_chan *c, const char *who)
+{
+	int rc = pthread_mutex_lock(&c->lock);
+
+	if (rc != 0)
+		chan_lock_failed(who, rc);
+}
+
+static void chan_unlock(struct log_chan *c, const char *who)
+{
+	int rc = pthread_mutex_unlock(&c->lock);
+
+	if (rc != 0)
+		chan_lock_failed(who, rc);
+}
+
+static long long log_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Fills the settings of `c` (not its lock) and empties its state. */
+static void chan_setup(struct log_chan *c, const struct log_chan_opts *o)
+{
+	size_t n = o->path != NULL ? strlen(o->path) : 0;
+
+	memset(&c->addr, 0, sizeof(c->addr));
+	c->addr.sun_family = AF_UNIX;
+	c->addr_ok = n > 0 && n < sizeof(c->addr.sun_path);
+	if (c->addr_ok)
+		memcpy(c->addr.sun_path, o->path, n + 1);
+	snprintf(c->ident, sizeof(c->ident), "%s", o->ident != NULL ? o->ident : "tlsshim");
+	c->facility = o->facility & LOG_FACMASK;
+	c->window_ms = o->window_ms > 0 ? o->window_ms : 0;
+	c->to_stderr = o->to_stderr;
+	c->fd = -1;
+	c->connected = false;
+	c->exiting = false;
+	c->dropped = 0;
+}
+
+/* Caller holds the lock.  False when c->fd is no longer the socket we opened. */
+static bool chan_fd_ours(const struct log_chan *c)
+{
+	struct stat st;
+
+	return fstat(c->fd, &st) == 0 && st.st_dev == c->fd_dev && st.st_ino == c->fd_ino;
+}
+
+/* Caller holds the lock.  Returns 0 with c->fd connected, or -1. */
+static int chan_connect_locked(struct log_chan *c)
+{
+	struct stat st;
+	int fd;
+
+	if (c->fd >= 0 && !chan_fd_ours(c)) {
+		/*
+		 * Closed behind our back (a raw close_range syscall, a dup2() onto
+		 * it): the number may be the program's, or the shim's own again, so
+		 * it is neither closed nor unhidden here, only forgotten.
+		 */
+		c->fd = -1;
+		c->connected = false;
+	}
+	if (c->fd < 0) {
+		fd = fdreg_adopt(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+		if (fd < 0)
+			return -1;
+		if (fstat(fd, &st) != 0) {
+			fdreg_release(fd);
+			return -1;
+		}
+		c->fd = fd;
+		c->fd_dev = st.st_dev;
+		c->fd_ino = st.st_ino;
+		c->connected = false;
+	}
+	if (!c->connected) {
+		if (!c->addr_ok || real_init() != 0 ||
+		    real.connect(c->fd, (const struct sockaddr *)&c->addr, sizeof(c->addr)) != 0)
+			return -1;
+		c->connected = true;
+	}
+	return 0;
+}
+
+/* Caller holds the lock.  Sends one datagram; 0 when the daemon has it. */
+static int chan_deliver_locked(struct log_chan *c, const char *msg, size_t n)
+{
+	int attempt;
+
+	for (attempt = 0; attempt < 2; attempt++) {
+		if (chan_connect_locked(c) != 0)
+			return -1;
+		if (send(c->fd, msg, n, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n)
+			return 0;
+		/*
+		 * ECONNREFUSED: the daemon's socket is gone, typically because the
+		 * daemon restarted and bound a new one at the same path; the kernel
+		 * then forgets the peer, and later sends say ENOTCONN.  Connect
+		 * again and resend, once.  EAGAIN (its queue is full) and anything
+		 * else: drop, without waiting.
+		 */
+		if (errno != ECONNREFUSED && errno != ENOTCONN && errno != ECONNRESET)
+			return -1;
+		c->connected = false;
+	}
+	return -1;
+}
+
+/*
+ * Caller holds the lock.  Sends `body` with ` repeated=N` when `repeated`,
+ * and the pending ` dropped=N`, as one syslog datagram; copies the line
+ * (without dropped=) to standard error when configured.
+ */
+static void chan_send_locked(struct log_chan *c, int severity, const char *body,
+                             unsigned long repeated)
+{
+	char msg[LOG_MSG_MAX], stamp[32], num[64];
+	struct out o = {msg, sizeof(msg) - 1, 0}; /* a byte kept for the '\n' */
+	time_t now = time(NULL);
+	struct tm tm;
+	size_t tag, end;
+
+	if (localtime_r(&now, &tm) == NULL ||
+	    strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm) == 0)
+		snprintf(stamp, sizeof(stamp), "Jan  1 00:00:00");
+	snprintf(num, sizeof(num), "<%d>", c->facility | (severity & LOG_PRIMASK));
+	out_str(&o, num);
+	out_str(&o, stamp);
+	out_raw(&o, " ", 1);
+	tag = o.pos;
+	out_str(&o, c->ident);
+	snprintf(num, sizeof(num), "[%ld]: ", (long)getpid());
+	out_str(&o, num);
+	out_str(&o, body);
+	if (repeated > 0) {
+		snprintf(num, sizeof(num), " repeated=%lu", repeated);
+		out_str(&o, num);
+	}
+	end = o.pos;
+	if (c->dropped > 0) {
+		snprintf(num, sizeof(num), " dropped=%lu", c->dropped);
+		out_str(&o, num);
+	}
+	if (chan_deliver_locked(c, msg, o.pos) == 0)
+		c->dropped = 0;
+	else
+		c->dropped++;
+	if (c->to_stderr) {
+		msg[end] = '\n';
+		log_write_stderr(msg + tag, end - tag + 1);
+	}
+}
+
+/* Caller holds the lock.  Sends slot `i`'s count, if any, and frees the slot. */
+static void fold_close_locked(struct log_chan *c, size_t i)
+{
+	struct fold_slot *s = &c->slot[i];
+
+	if (s->count > 0)
+		chan_send_locked(c, s->severity, c->text[i], s->count);
+	s->used = false;
+	s->count = 0;
+}
+
+/* Caller holds the lock.  Closes the windows that ended by `now_ms` (all: every one). */
+static void chan_flush_locked(struct log_chan *c, long long now_ms, bool all)
+{
+	size_t i;
+
+	for (i = 0; i < FOLD_SLOTS; i++)
+		if (c->slot[i].used && (all || now_ms - c->slot[i].start_ms >= c->window_ms))
+			fold_close_locked(c, i);
+}
+
+/* The folding key of `ev` (event, peer, reason) into `key`; returns its hash. */
+static uint64_t fold_key(const struct log_event *ev, char *key, size_t len)
+{
+	char peer[INET6_ADDRSTRLEN + 10] = "";
+	const char *parts[3];
+	struct out o = {key, len, 0};
+	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+	const unsigned char *p;
+	size_t i;
+
+	if (!addr_text(ev->peer, peer, sizeof(peer)))
+		peer[0] = '\0';
+	parts[0] = ev->event != NULL ? ev->event : "";
+	parts[1] = peer;
+	parts[2] = ev->reason != NULL ? ev->reason : "";
+	for (i = 0; i < 3; i++) {
+		for (p = (const unsigned char *)parts[i]; *p != '\0'; p++)
+			h = (h ^ *p) * 1099511628211ULL;
+		h = (h ^ 0x1f) * 1099511628211ULL;
+		out_str(&o, parts[i]);
+		out_raw(&o, "\x1f", 1);
+	}
+	return h;
+}
+
+/* Caller holds the lock.  The open window of `key`, or NULL. */
+static struct fold_slot *fold_find_locked(struct log_chan *c, const char *key, uint64_t hash)
+{
+	size_t i;
+
+	for (i = 0; i < FOLD_SLOTS; i++)
+		if (c->slot[i].used && c->slot[i].hash == hash && strcmp(c->slot[i].key, key) == 0)
+			return &c->slot[i];
+	return NULL;
+}
+
+/*
+ * Caller holds the lock.  Opens a window for `key` at `now_ms`; when every
+ * slot is busy, the oldest window is closed early (its count sent now).
+ */
+static void fold_open_locked(struct log_chan *c, const char *key, uint64_t hash, int severity,
+                             long long now_ms)
+{
+	size_t i, pick = 0;
+	struct fold_slot *s;
+
+	for (i = 0; i < FOLD_SLOTS; i++) {
+		if (!c->slot[i].used) {
+			pick = i;
+			break;
+		}
+		if (c->slot[i].start_ms < c->slot[pick].start_ms)
+			pick = i;
+	}
+	if (c->slot[pick].used)
+		fold_close_locked(c, pick);
+	s = &c->slot[pick];
+	s->used = true;
+	s->severity = severity;
+	s->hash = hash;
+	s->start_ms = now_ms;
+	s->count = 0;
+	snprintf(s->key, sizeof(s->key), "%s", key);
+}
+
+void log_chan_emit(struct log_chan *c, const struct log_event *ev, long long now_ms)
+{
+	char line[LOG_LINE_MAX], key[FOLD_KEY_MAX];
+	int saved = errno;
+	struct fold_slot *s;
+	uint64_t hash;
 
 	log_format(ev, line, sizeof(line));
-	log_send_syslog(ev->severity, line);
-	if (c->log_stderr) {
-		char out[LOG_LINE_MAX + 64];
-		int n = snprintf(out, sizeof(out), "tlsshim[%ld]: %s\n", (long)getpid(), line);
+	hash = fold_key(ev, key, sizeof(key));
 
-		if (n > 0)
-			log_write_stderr(out,
-			                 (size_t)n < sizeof(out) ? (size_t)n : sizeof(out) - 1);
+	chan_lock(c, __func__);
+	chan_flush_locked(c, now_ms, false);
+	if (c->window_ms > 0 && !c->exiting && log_folds(ev->event)) {
+		s = fold_find_locked(c, key, hash);
+		if (s != NULL) {
+			s->count++;
+			s->severity = ev->severity;
+			memcpy(c->text[s - c->slot], line, strlen(line) + 1);
+			goto out;
+		}
+		fold_open_locked(c, key, hash, ev->severity, now_ms);
 	}
+	chan_send_locked(c, ev->severity, line, 0);
+out:
+	chan_unlock(c, __func__);
+	errno = saved;
+}
+
+void log_chan_flush(struct log_chan *c, long long now_ms, bool all)
+{
+	int saved = errno;
+
+	chan_lock(c, __func__);
+	chan_flush_locked(c, now_ms, all);
+	if (all)
+		c->exiting = true;
+	chan_unlock(c, __func__);
+	errno = saved;
+}
+
+void log_chan_atfork_child(struct log_chan *c)
+{
+	size_t i;
+
+	/*
+	 * Another thread may have held the lock at fork(): a new lock, and the
+	 * state it guarded dropped wholesale.  The socket was closed with the
+	 * other hidden descriptors; the parent reports its own counts.
+	 */
+	pthread_mutex_init(&c->lock, NULL);
+	c->fd = -1;
+	c->connected = false;
+	c->dropped = 0;
+	for (i = 0; i < FOLD_SLOTS; i++) {
+		c->slot[i].used = false;
+		c->slot[i].count = 0;
+	}
+}
+
+struct log_chan *log_chan_new(const struct log_chan_opts *opts)
+{
+	struct log_chan *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return NULL;
+	if (pthread_mutex_init(&c->lock, NULL) != 0) {
+		free(c);
+		return NULL;
+	}
+	chan_setup(c, opts);
+	return c;
+}
+
+void log_chan_free(struct log_chan *c)
+{
+	if (c == NULL)
+		return;
+	if (c->fd >= 0 && chan_fd_ours(c))
+		fdreg_release(c->fd);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+int log_chan_fd(struct log_chan *c)
+{
+	int fd;
+
+	chan_lock(c, __func__);
+	fd = c->fd;
+	chan_unlock(c, __func__);
+	return fd;
+}
+
+/* --- the process's channel ------------------------------------------------------- */
+
+/* Zero-initialised (in .bss: the text table is 128 KiB); set up once. */
+static struct log_chan log_global;
+static pthread_once_t log_global_once = PTHREAD_ONCE_INIT;
+
+/* Sends every pending count before the process ends (see the top of the file). */
+static void log_atexit(void)
+{
+	log_chan_flush(&log_global, log_now_ms(), true);
+}
+
+static void log_global_setup(void)
+{
+	const struct shim_conf *conf = conf_get();
+	struct log_chan_opts o = {
+	        .path = conf->log_socket,
+	        .ident = conf->log_ident,
+	        .facility = conf->log_facility,
+	        .window_ms = conf->log_repeat_window_ms,
+	        .to_stderr = conf->log_stderr,
+	};
+
+	pthread_mutex_init(&log_global.lock, NULL);
+	/* Without the exit handler a count could be lost: then fold nothing. */
+	if (atexit(log_atexit) != 0)
+		o.window_ms = 0;
+	chan_setup(&log_global, &o);
+}
+
+static struct log_chan *log_global_get(void)
+{
+	pthread_once(&log_global_once, log_global_setup);
+	return &log_global;
+}
+
+void log_emit(const struct log_event *ev)
+{
+	log_chan_emit(log_global_get(), ev, log_now_ms());
+}
+
+void log_flush(void)
+{
+	log_chan_flush(log_global_get(), log_now_ms(), false);
 }
 
 void log_debug(const char *fmt, ...)
@@ -303,7 +733,6 @@ void log_debug(const char *fmt, ...)
 
 void log_atfork_child(void)
 {
-	/* fdreg_atfork_child closed the descriptor with the other hidden ones. */
-	pthread_mutex_init(&log_lock, NULL);
-	log_fd = -1;
+	/* Not log_global_get(): no set-up work in a fork handler. */
+	log_chan_atfork_child(&log_global);
 }

@@ -31,6 +31,7 @@ static void real_bind(void)
 	BIND(setsockopt);
 	BIND(sendto);
 	BIND(sendmsg);
+	BIND(sendmmsg);
 	BIND(getaddrinfo);
 	BIND(gethostbyname);
 	BIND(gethostbyname2);
@@ -38,8 +39,8 @@ static void real_bind(void)
 	BIND(gethostbyname2_r);
 	real_ok = real.connect && real.accept && real.accept4 && real.close && real.getpeername &&
 	          real.getsockname && real.getsockopt && real.setsockopt && real.sendto &&
-	          real.sendmsg && real.getaddrinfo && real.gethostbyname && real.gethostbyname2 &&
-	          real.gethostbyname_r && real.gethostbyname2_r;
+	          real.sendmsg && real.sendmmsg && real.getaddrinfo && real.gethostbyname &&
+	          real.gethostbyname2 && real.gethostbyname_r && real.gethostbyname2_r;
 }
 
 int real_init(void)

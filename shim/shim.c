@@ -19,6 +19,7 @@
 #include "fdreg.h"
 #include "log.h"
 #include "names.h"
+#include "policy.h"
 #include "real.h"
 #include "relay.h"
 #include "tlsio.h"
@@ -83,7 +84,7 @@ static int sock_identify(int fd, struct sock_id *id)
 }
 
 static void log_failure(const struct tls_failure *why, const struct sockaddr *peer,
-                        const char *name, long elapsed_ms)
+                        const char *name, const char *rule, long elapsed_ms)
 {
 	struct log_event ev;
 
@@ -91,6 +92,7 @@ static void log_failure(const struct tls_failure *why, const struct sockaddr *pe
 	ev.dir = "out";
 	ev.peer = peer;
 	ev.name = name;
+	ev.rule = rule;
 	ev.stage = why->stage;
 	ev.reason = why->reason;
 	ev.x509_err = why->x509_err;
@@ -107,7 +109,8 @@ static void log_failure(const struct tls_failure *why, const struct sockaddr *pe
 }
 
 /* The audit line for a verified connection (log_success = yes). */
-static void log_connected(SSL *ssl, const struct sockaddr *peer, const char *name, long elapsed_ms)
+static void log_connected(SSL *ssl, const struct sockaddr *peer, const char *name, const char *rule,
+                          long elapsed_ms)
 {
 	struct tls_failure cert;
 	struct log_event ev;
@@ -122,6 +125,7 @@ static void log_connected(SSL *ssl, const struct sockaddr *peer, const char *nam
 	ev.dir = "out";
 	ev.peer = peer;
 	ev.name = name;
+	ev.rule = rule;
 	ev.subject = cert.subject[0] ? cert.subject : NULL;
 	ev.issuer = cert.issuer[0] ? cert.issuer : NULL;
 	ev.serial = cert.serial[0] ? cert.serial : NULL;
@@ -275,14 +279,15 @@ err:
 	return -1;
 }
 
-/* The TLS path of connect(): `fd` is an unconnected TCP socket of `id`. */
+/*
+ * The TLS path of connect(): `fd` is an unconnected TCP socket of `id`; the
+ * server must prove `name` (NULL: the address) under `ctx`.
+ */
 static int wrap_connect(int fd, const struct sockaddr *addr, socklen_t len,
-                        const struct sock_id *id, SSL_CTX *ctx)
+                        const struct sock_id *id, SSL_CTX *ctx, const char *name, const char *rule)
 {
 	const struct shim_conf *c = conf_get();
 	long start = tlsio_now_ms(), deadline = start + c->handshake_timeout_ms;
-	char namebuf[NAMES_MAXLEN + 1];
-	const char *name = NULL;
 	struct tls_failure why;
 	SSL *ssl = NULL;
 	int fl, fdfl, tcp, saved, r;
@@ -290,8 +295,6 @@ static int wrap_connect(int fd, const struct sockaddr *addr, socklen_t len,
 	memset(&why, 0, sizeof(why));
 	why.event = "handshake_failed";
 	why.x509_err = why.depth = -1;
-	if (names_lookup(addr, namebuf, sizeof(namebuf)))
-		name = namebuf;
 
 	fl = fcntl(fd, F_GETFL);
 	fdfl = fcntl(fd, F_GETFD);
@@ -313,7 +316,7 @@ static int wrap_connect(int fd, const struct sockaddr *addr, socklen_t len,
 		 * outlives the bound is ours, and logged.
 		 */
 		if (saved == ETIMEDOUT && strcmp(why.stage, "timeout") == 0)
-			log_failure(&why, addr, name, tlsio_now_ms() - start);
+			log_failure(&why, addr, name, rule, tlsio_now_ms() - start);
 		else
 			log_debug("TCP connect failed: %s", why.reason);
 		errno = saved;
@@ -329,7 +332,7 @@ static int wrap_connect(int fd, const struct sockaddr *addr, socklen_t len,
 	}
 	if (tlsio_handshake(ssl, deadline, &why) != 0)
 		goto refuse;
-	log_connected(ssl, addr, name, tlsio_now_ms() - start);
+	log_connected(ssl, addr, name, rule, tlsio_now_ms() - start);
 
 	r = hand_to_relay(fd, tcp, ssl, id, fl, fdfl, name);
 	if (r == 0)
@@ -341,7 +344,7 @@ static int wrap_connect(int fd, const struct sockaddr *addr, socklen_t len,
 		saved = errno;
 		SSL_free(ssl);
 		fdreg_release(tcp);
-		log_failure(&why, addr, name, tlsio_now_ms() - start);
+		log_failure(&why, addr, name, rule, tlsio_now_ms() - start);
 		errno = saved;
 		return -1;
 	}
@@ -350,20 +353,75 @@ refuse:
 	neutralise(fd, tcp, id, fl, fdfl);
 	SSL_free(ssl);
 	fdreg_release(tcp);
-	log_failure(&why, addr, name, tlsio_now_ms() - start);
+	log_failure(&why, addr, name, rule, tlsio_now_ms() - start);
 	errno = saved;
 	return -1;
 }
 
+/* Logs a policy event: denied, plaintext_allowed, or a refusal by policy. */
+static void log_policy(int severity, const char *event, const struct sockaddr *peer,
+                       const char *name, const char *rule, const char *reason)
+{
+	struct log_event ev;
+
+	log_event_init(&ev, severity, event);
+	ev.dir = "out";
+	ev.peer = peer;
+	ev.name = name;
+	ev.rule = rule;
+	ev.stage = "policy";
+	ev.reason = reason;
+	log_emit(&ev);
+}
+
+/*
+ * UDP, raw and other non-TCP sockets aimed at the network: allowed only to
+ * loopback or by a `plaintext` rule (they cannot be wrapped in TLS).
+ * Returns 0 to let the call through, or -1 with EPERM.
+ */
+static int datagram_policy(const struct sockaddr *addr, int type)
+{
+	const struct policy *p = policy_get();
+	char namebuf[NAMES_MAXLEN + 1];
+	const char *name = NULL;
+	const struct conf_rule *r = NULL;
+
+	if (policy_is_loopback(addr))
+		return 0;
+	if (names_lookup(addr, namebuf, sizeof(namebuf)))
+		name = namebuf;
+	if (p->usable)
+		r = policy_match(p->conf, addr, name, NULL);
+	if (r != NULL && r->action == ACTION_PLAINTEXT) {
+		log_policy(LOG_NOTICE, "plaintext_allowed", addr, name, r->section,
+		           type == SOCK_DGRAM ? "datagram socket" : "non-TCP socket");
+		return 0;
+	}
+	log_policy(LOG_WARNING, "denied", addr, name, r != NULL ? r->section : NULL,
+	           type == SOCK_DGRAM ? "datagram socket to the network without a plaintext rule"
+	                              : "non-TCP socket to the network without a plaintext rule");
+	errno = EPERM;
+	return -1;
+}
+
+static bool is_ip(const struct sockaddr *addr, socklen_t len)
+{
+	return addr != NULL && len >= sizeof(sa_family_t) &&
+	       ((addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) ||
+	        (addr->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)));
+}
+
 static int shim_connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
-	const struct shim_conf *c;
+	const struct policy *p;
+	const struct conf_rule *r;
+	char namebuf[NAMES_MAXLEN + 1];
+	const char *name = NULL;
 	struct sock_id id;
-	char err[256];
 	SSL_CTX *ctx;
+	size_t idx = 0;
 
-	if (addr == NULL || len < sizeof(sa_family_t) ||
-	    (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))
+	if (!is_ip(addr, len))
 		return real.connect(fd, addr, len);
 	if (sock_identify(fd, &id) != 0)
 		return real.connect(fd, addr, len); /* EBADF, ENOTSOCK from the kernel */
@@ -371,27 +429,47 @@ static int shim_connect(int fd, const struct sockaddr *addr, socklen_t len)
 		errno = EISCONN; /* already wrapped and connected */
 		return -1;
 	}
-	if ((id.domain != AF_INET && id.domain != AF_INET6) || id.type != SOCK_STREAM ||
-	    (id.protocol != IPPROTO_TCP && id.protocol != IPPROTO_MPTCP && id.protocol != 0))
+	if (id.domain != AF_INET && id.domain != AF_INET6)
 		return real.connect(fd, addr, len);
-	if ((addr->sa_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
-	    (addr->sa_family == AF_INET6 && len < sizeof(struct sockaddr_in6)) ||
-	    (id.domain == AF_INET && addr->sa_family != AF_INET))
-		return real.connect(fd, addr, len); /* EINVAL, EAFNOSUPPORT */
+	if (id.domain == AF_INET && addr->sa_family != AF_INET)
+		return real.connect(fd, addr, len); /* EAFNOSUPPORT from the kernel */
+	if (id.type != SOCK_STREAM ||
+	    (id.protocol != IPPROTO_TCP && id.protocol != IPPROTO_MPTCP && id.protocol != 0)) {
+		if (datagram_policy(addr, id.type) != 0)
+			return -1;
+		return real.connect(fd, addr, len);
+	}
 
-	c = conf_get();
-	if (!c->usable) {
-		say_config_error(c->error);
+	p = policy_get();
+	if (!p->usable) {
+		say_config_error(p->error);
 		errno = ECONNREFUSED;
 		return -1;
 	}
-	ctx = tlsio_client_ctx(err, sizeof(err));
+	if (names_lookup(addr, namebuf, sizeof(namebuf)))
+		name = namebuf;
+	r = policy_match(p->conf, addr, name, &idx);
+	if (r != NULL && r->action == ACTION_DENY) {
+		log_policy(LOG_WARNING, "denied", addr, name, r->section, "denied by rule");
+		errno = EPERM;
+		return -1;
+	}
+	if (r != NULL && r->action == ACTION_PLAINTEXT) {
+		log_policy(LOG_NOTICE, "plaintext_allowed", addr, name, r->section,
+		           "plaintext exception");
+		return real.connect(fd, addr, len);
+	}
+	ctx = r != NULL ? p->rule_ctx[idx] : p->global_ctx;
 	if (ctx == NULL) {
-		say_config_error(err);
+		log_policy(LOG_ERR, "handshake_failed", addr, name, NULL,
+		           "no trust configured for destinations that no rule matches");
 		errno = ECONNREFUSED;
 		return -1;
 	}
-	return wrap_connect(fd, addr, len, &id, ctx);
+	/* The operator's name for this destination wins over the resolved one. */
+	if (r != NULL && r->name != NULL)
+		name = r->name;
+	return wrap_connect(fd, addr, len, &id, ctx, name, r != NULL ? r->section : NULL);
 }
 
 /* --- the descriptor's identity ---------------------------------------------- */
@@ -490,6 +568,32 @@ static int shim_setsockopt(int fd, int level, int name, const void *val, socklen
 /* --- sending with a destination --------------------------------------------- */
 
 /*
+ * A datagram with its own destination: the same policy as connect() on a
+ * datagram socket.  Loopback is decided without a system call.
+ */
+static int datagram_check(int fd, const struct sockaddr *to)
+{
+	struct sock_id id;
+
+	if (policy_is_loopback(to) || sock_identify(fd, &id) != 0 ||
+	    (id.domain != AF_INET && id.domain != AF_INET6) ||
+	    (id.type == SOCK_STREAM && id.protocol != IPPROTO_SCTP))
+		return 0;
+	return datagram_policy(to, id.type);
+}
+
+static int shim_sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
+{
+	unsigned int i;
+
+	for (i = 0; vec != NULL && i < vlen; i++)
+		if (is_ip(vec[i].msg_hdr.msg_name, vec[i].msg_hdr.msg_namelen) &&
+		    datagram_check(fd, vec[i].msg_hdr.msg_name) != 0)
+			return -1;
+	return real.sendmmsg(fd, vec, vlen, flags);
+}
+
+/*
  * MSG_FASTOPEN connects and sends in one call; done by the kernel it would
  * put the program's first bytes on the wire in the clear.  It becomes
  * connect() (so the policy applies) followed by a plain send.  A destination
@@ -505,6 +609,8 @@ static ssize_t shim_sendto(int fd, const void *buf, size_t n, int flags, const s
 	}
 	if (to != NULL && fdreg_lookup(fd, NULL))
 		return real.sendto(fd, buf, n, flags, NULL, 0);
+	if (is_ip(to, tolen) && datagram_check(fd, to) != 0)
+		return -1;
 	return real.sendto(fd, buf, n, flags, to, tolen);
 }
 
@@ -519,6 +625,9 @@ static ssize_t shim_sendmsg(int fd, const struct msghdr *msg, int flags)
 			return -1;
 		flags &= ~MSG_FASTOPEN;
 	} else if (!fdreg_lookup(fd, NULL)) {
+		if (is_ip(msg->msg_name, msg->msg_namelen) &&
+		    datagram_check(fd, msg->msg_name) != 0)
+			return -1;
 		return real.sendmsg(fd, msg, flags);
 	}
 	m = *msg;
@@ -648,6 +757,12 @@ TLSSHIM_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	NOT_READY(-1);
 	return shim_sendmsg(fd, msg, flags);
+}
+
+TLSSHIM_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
+{
+	NOT_READY(-1);
+	return shim_sendmmsg(fd, vec, vlen, flags);
 }
 
 TLSSHIM_EXPORT int close(int fd)

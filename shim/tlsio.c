@@ -14,8 +14,11 @@
 
 #include "conf.h"
 
+#include <openssl/evp.h>
+
 #include <errno.h>
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
@@ -32,8 +35,10 @@ struct tlsio_peek {
 };
 
 static BIO_METHOD *sock_method;
-static int ex_peek = -1;   /* SSL ex_data: struct tlsio_peek * */
-static int ex_verify = -1; /* SSL ex_data: struct tls_failure * being filled */
+static int ex_peek = -1;      /* SSL ex_data: struct tlsio_peek * */
+static int ex_verify = -1;    /* SSL ex_data: struct tls_failure * being filled */
+static int ex_store_why = -1; /* X509_STORE_CTX ex_data: struct tls_failure * */
+static int ex_ctx_tls = -1;   /* SSL_CTX ex_data: const struct conf_tls * */
 
 static int sock_write(BIO *b, const char *buf, int len)
 {
@@ -106,6 +111,8 @@ static void tlsio_init_once(void)
 	                 NULL);
 	ex_peek = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_verify = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ex_store_why = X509_STORE_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ex_ctx_tls = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	sock_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
 	                           "tlsshim socket");
 	if (sock_method == NULL)
@@ -116,86 +123,245 @@ static void tlsio_init_once(void)
 	BIO_meth_set_create(sock_method, sock_create);
 }
 
-/* --- the client context --------------------------------------------------- */
+static void failure_init(struct tls_failure *why);
 
-static SSL_CTX *client_ctx;
-static char client_ctx_err[256];
-static pthread_once_t client_ctx_once = PTHREAD_ONCE_INIT;
+/* --- certificate verification ------------------------------------------------ */
+
+/* Marks the chain as failed by one of our own checks. Returns 0. */
+static int own_failure(X509_STORE_CTX *store, struct tls_failure *why, X509 *cert, int depth,
+                       const char *reason)
+{
+	X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+	if (why != NULL && why->x509_err < 0) {
+		why->x509_err = X509_V_ERR_APPLICATION_VERIFICATION;
+		why->depth = depth;
+		snprintf(why->reason, sizeof(why->reason), "%s", reason);
+		tlsio_describe_cert(cert, why);
+	}
+	return 0;
+}
 
 /*
- * Records the first (deepest-reported) verification error with its
- * certificate, so the log names the certificate that failed, not just the
- * leaf.
+ * Called by X509_verify_cert for every certificate (ok = 1) and every error
+ * (ok = 0).  Records the first error with its certificate, so the log names
+ * the certificate that failed, and adds the checks OpenSSL does not make:
+ * no X.509 v1 certificate below the trust anchor, and never a CA
+ * certificate as the server's own (RFC 5280 4.2.1.9; CA/B BR 7.1.2.3).
  */
 static int verify_cb(int ok, X509_STORE_CTX *store)
 {
-	SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
-	struct tls_failure *why = ssl != NULL ? SSL_get_ex_data(ssl, ex_verify) : NULL;
+	struct tls_failure *why = X509_STORE_CTX_get_ex_data(store, ex_store_why);
+	X509 *cert = X509_STORE_CTX_get_current_cert(store);
+	int depth = X509_STORE_CTX_get_error_depth(store);
+	STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(store);
+	int top = chain != NULL ? sk_X509_num(chain) - 1 : 0;
 
-	if (!ok && why != NULL && why->x509_err < 0) {
-		why->x509_err = X509_STORE_CTX_get_error(store);
-		why->depth = X509_STORE_CTX_get_error_depth(store);
-		tlsio_describe_cert(X509_STORE_CTX_get_current_cert(store), why);
+	if (!ok) {
+		if (why != NULL && why->x509_err < 0) {
+			why->x509_err = X509_STORE_CTX_get_error(store);
+			why->depth = depth;
+			tlsio_describe_cert(cert, why);
+		}
+		return 0;
 	}
-	return ok;
+	if (cert != NULL && X509_get_version(cert) == X509_VERSION_1 && (depth == 0 || depth < top))
+		return own_failure(store, why, cert, depth, "X.509 v1 certificate");
+	if (cert != NULL && depth == 0 && X509_check_ca(cert) != 0)
+		return own_failure(store, why, cert, depth,
+		                   "certificate is a CA, not a server certificate");
+	return 1;
 }
 
-static void ctx_fail(const char *what)
+/* SHA-256 of `cert`'s SubjectPublicKeyInfo (RFC 7469 section 2.4). */
+static int spki_sha256(X509 *cert, unsigned char md[SHA256_DIGEST_LENGTH])
+{
+	unsigned char *der = NULL;
+	int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+
+	if (len <= 0)
+		return -1;
+	SHA256(der, (size_t)len, md);
+	OPENSSL_free(der);
+	return 0;
+}
+
+int tlsio_spki_pin(X509 *cert, char *out, size_t outlen)
+{
+	unsigned char md[SHA256_DIGEST_LENGTH], b64[64];
+
+	if (outlen < 8 + 45 || spki_sha256(cert, md) != 0)
+		return -1;
+	EVP_EncodeBlock(b64, md, sizeof(md));
+	snprintf(out, outlen, "sha256//%s", (const char *)b64);
+	return 0;
+}
+
+/* True when the SHA-256 of `cert`'s SubjectPublicKeyInfo is one of the pins. */
+static bool pin_matches(X509 *cert, const struct conf_tls *t)
+{
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	bool found = false;
+	size_t i;
+
+	if (spki_sha256(cert, md) != 0)
+		return false;
+	for (i = 0; i < t->npins && !found; i++)
+		found = CRYPTO_memcmp(md, t->pins[i], sizeof(md)) == 0;
+	return found;
+}
+
+/*
+ * The whole certificate decision, shared by live connections (as OpenSSL's
+ * certificate verification callback) and by `tlsshim verify`: chain to the
+ * configured anchors with our extra checks, then the pins (chain AND pin).
+ */
+static int verify_chain(X509_STORE_CTX *store, const struct conf_tls *t, struct tls_failure *why)
+{
+	STACK_OF(X509) * chain;
+	int i;
+
+	X509_STORE_CTX_set_ex_data(store, ex_store_why, why);
+	X509_STORE_CTX_set_verify_cb(store, verify_cb);
+	if (X509_verify_cert(store) != 1)
+		return 0;
+	if (t == NULL || t->npins == 0)
+		return 1;
+	chain = X509_STORE_CTX_get0_chain(store);
+	for (i = 0; chain != NULL && i < sk_X509_num(chain); i++)
+		if (pin_matches(sk_X509_value(chain, i), t))
+			return 1;
+	return own_failure(store, why, X509_STORE_CTX_get0_cert(store), 0, "pin mismatch");
+}
+
+static int ssl_verify_callback(X509_STORE_CTX *store, void *arg)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct tls_failure *why = ssl != NULL ? SSL_get_ex_data(ssl, ex_verify) : NULL;
+	const struct conf_tls *t =
+	        ssl != NULL ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_ctx_tls) : NULL;
+
+	(void)arg;
+	return verify_chain(store, t, why);
+}
+
+/* --- contexts ------------------------------------------------------------------ */
+
+static void ctx_error(char *err, size_t errlen, const char *fmt, const char *what)
+        __attribute__((format(printf, 3, 0)));
+
+static void ctx_error(char *err, size_t errlen, const char *fmt, const char *what)
 {
 	unsigned long e = ERR_peek_last_error();
 	char detail[160] = "";
 
 	if (e != 0)
 		ERR_error_string_n(e, detail, sizeof(detail));
-	snprintf(client_ctx_err, sizeof(client_ctx_err), "%s%s%s", what, e ? ": " : "", detail);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+	snprintf(err, errlen, fmt, what);
+#pragma GCC diagnostic pop
+	if (e != 0 && strlen(err) + 2 < errlen)
+		snprintf(err + strlen(err), errlen - strlen(err), ": %s", detail);
 	ERR_clear_error();
 }
 
-static void client_ctx_build(void)
+static bool store_is_empty(SSL_CTX *ctx)
 {
-	const struct shim_conf *c = conf_get();
+	STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+
+	return objs == NULL || sk_X509_OBJECT_num(objs) == 0;
+}
+
+SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen)
+{
 	X509_VERIFY_PARAM *vp;
 	SSL_CTX *ctx;
 
 	pthread_once(&tlsio_once, tlsio_init_once);
-	if (sock_method == NULL || ex_peek < 0 || ex_verify < 0) {
-		ctx_fail("OpenSSL initialisation failed");
-		return;
+	if (sock_method == NULL || ex_peek < 0 || ex_verify < 0 || ex_store_why < 0 ||
+	    ex_ctx_tls < 0) {
+		ctx_error(err, errlen, "%s", "OpenSSL initialisation failed");
+		return NULL;
 	}
 	ctx = SSL_CTX_new(TLS_client_method());
 	if (ctx == NULL) {
-		ctx_fail("cannot create TLS context");
-		return;
+		ctx_error(err, errlen, "%s", "cannot create TLS context");
+		return NULL;
 	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_ex_data(ctx, ex_ctx_tls, (void *)t);
+	SSL_CTX_set_min_proto_version(ctx, t->min_protocol > 0 ? t->min_protocol : TLS1_2_VERSION);
 	SSL_CTX_set_security_level(ctx, 2);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
 	                                 SSL_OP_IGNORE_UNEXPECTED_EOF);
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                              SSL_MODE_ENABLE_PARTIAL_WRITE);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_cb);
-	/* Only the operator's anchors: no SSL_CTX_set_default_verify_paths(). */
-	if (SSL_CTX_load_verify_locations(ctx, c->ca_file, c->ca_dir) != 1) {
-		ctx_fail(c->ca_file != NULL ? "cannot load CA file" : "cannot load CA directory");
-		SSL_CTX_free(ctx);
-		return;
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_cert_verify_callback(ctx, ssl_verify_callback, NULL);
+	if (t->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, t->ciphers) != 1) {
+		ctx_error(err, errlen, "ciphers = %s: no usable cipher", t->ciphers);
+		goto err;
 	}
-	if (c->ca_file != NULL) {
-		STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
-
-		if (objs == NULL || sk_X509_OBJECT_num(objs) == 0) {
-			ctx_fail("CA file holds no certificate");
-			SSL_CTX_free(ctx);
-			return;
-		}
+	if (t->ciphersuites != NULL && SSL_CTX_set_ciphersuites(ctx, t->ciphersuites) != 1) {
+		ctx_error(err, errlen, "ciphersuites = %s: no usable suite", t->ciphersuites);
+		goto err;
+	}
+	/* Only the operator's anchors: no SSL_CTX_set_default_verify_paths(). */
+	if ((t->ca_file != NULL || t->ca_dir != NULL) &&
+	    SSL_CTX_load_verify_locations(ctx, t->ca_file, t->ca_dir) != 1) {
+		ctx_error(err, errlen, "cannot load CA %s",
+		          t->ca_file != NULL ? t->ca_file : t->ca_dir);
+		goto err;
+	}
+	if (t->ca_file != NULL && store_is_empty(ctx)) {
+		ctx_error(err, errlen, "CA file %s holds no certificate", t->ca_file);
+		goto err;
 	}
 	vp = SSL_CTX_get0_param(ctx);
 	X509_VERIFY_PARAM_set_flags(vp, X509_V_FLAG_X509_STRICT);
+	if (t->approved_cert != NULL) {
+		/*
+		 * Approved certificates are trust anchors in their own right:
+		 * PARTIAL_CHAIN lets a chain end at one of them (matched as the
+		 * whole certificate), even when it is not self-signed.
+		 */
+		if (X509_STORE_load_file(SSL_CTX_get_cert_store(ctx), t->approved_cert) != 1 ||
+		    store_is_empty(ctx)) {
+			ctx_error(err, errlen, "cannot load approved_cert %s", t->approved_cert);
+			goto err;
+		}
+		X509_VERIFY_PARAM_set_flags(vp, X509_V_FLAG_PARTIAL_CHAIN);
+	}
 	/* RFC 6125 as browsers apply it: SANs only, whole-label wildcards. */
 	X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
 	                                            X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
 	X509_VERIFY_PARAM_set_purpose(vp, X509_PURPOSE_SSL_SERVER);
-	client_ctx = ctx;
+	if (t->cert != NULL) {
+		if (SSL_CTX_use_certificate_chain_file(ctx, t->cert) != 1) {
+			ctx_error(err, errlen, "cannot load cert %s", t->cert);
+			goto err;
+		}
+		if (SSL_CTX_use_PrivateKey_file(ctx, t->key, SSL_FILETYPE_PEM) != 1) {
+			ctx_error(err, errlen, "cannot load key %s", t->key);
+			goto err;
+		}
+		if (SSL_CTX_check_private_key(ctx) != 1) {
+			ctx_error(err, errlen, "key %s does not match its certificate", t->key);
+			goto err;
+		}
+	}
+	return ctx;
+err:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+static SSL_CTX *client_ctx;
+static char client_ctx_err[256];
+static pthread_once_t client_ctx_once = PTHREAD_ONCE_INIT;
+
+static void client_ctx_build(void)
+{
+	client_ctx = tlsio_ctx_new(&conf_get()->tls, client_ctx_err, sizeof(client_ctx_err));
 }
 
 SSL_CTX *tlsio_client_ctx(char *err, size_t errlen)
@@ -204,6 +370,44 @@ SSL_CTX *tlsio_client_ctx(char *err, size_t errlen)
 	if (client_ctx == NULL && err != NULL && errlen > 0)
 		snprintf(err, errlen, "%s", client_ctx_err);
 	return client_ctx;
+}
+
+int tlsio_verify_offline(SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * untrusted, const char *name,
+                         const char *ip, time_t at, struct tls_failure *why)
+{
+	X509_STORE_CTX *store = X509_STORE_CTX_new();
+	X509_VERIFY_PARAM *vp;
+	int ok = 0;
+
+	failure_init(why);
+	why->stage = "verify";
+	if (store == NULL ||
+	    X509_STORE_CTX_init(store, SSL_CTX_get_cert_store(ctx), leaf, untrusted) != 1) {
+		snprintf(why->reason, sizeof(why->reason), "out of memory");
+		goto out;
+	}
+	/* What libssl's ssl_verify_cert_chain() does for a client, then the same check. */
+	X509_STORE_CTX_set_default(store, "ssl_server");
+	vp = X509_STORE_CTX_get0_param(store);
+	X509_VERIFY_PARAM_set1(vp, SSL_CTX_get0_param(ctx));
+	X509_VERIFY_PARAM_set_auth_level(vp, SSL_CTX_get_security_level(ctx));
+	if (name != NULL && X509_VERIFY_PARAM_set1_host(vp, name, 0) != 1)
+		goto out;
+	if (ip != NULL && X509_VERIFY_PARAM_set1_ip_asc(vp, ip) != 1) {
+		snprintf(why->reason, sizeof(why->reason), "bad IP address %s", ip);
+		goto out;
+	}
+	if (at > 0)
+		X509_VERIFY_PARAM_set_time(vp, at);
+	ok = verify_chain(store, SSL_CTX_get_ex_data(ctx, ex_ctx_tls), why);
+	if (!ok && why->reason[0] == '\0')
+		snprintf(why->reason, sizeof(why->reason), "%s",
+		         X509_verify_cert_error_string(X509_STORE_CTX_get_error(store)));
+	if (!ok && why->x509_err < 0)
+		why->x509_err = X509_STORE_CTX_get_error(store);
+out:
+	X509_STORE_CTX_free(store);
+	return ok ? 0 : -1;
 }
 
 SSL *tlsio_client_new(SSL_CTX *ctx, int fd, const char *name, const struct sockaddr *peer)

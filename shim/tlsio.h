@@ -10,6 +10,7 @@
 
 #include <openssl/ssl.h>
 #include <stdbool.h>
+#include <time.h>
 
 /* Why a handshake failed, filled for the log line. Strings may be empty. */
 struct tls_failure {
@@ -26,6 +27,26 @@ struct tls_failure {
 	char tls[16];
 	char alert[64];
 };
+
+struct conf_tls;
+
+/*
+ * Builds a client SSL_CTX for the TLS settings `t` (which must outlive it):
+ * trust only t's anchors and approved certificates, pins, client
+ * certificate, protocol floor and ciphers.  Returns NULL with `err` saying
+ * why (unreadable or empty CA file, key that does not match its certificate,
+ * bad cipher string, ...).
+ */
+SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen);
+
+/*
+ * Runs exactly the certificate decision of a live connection on `leaf` (with
+ * `untrusted` intermediates) offline: for host `name` or address `ip`
+ * (either may be NULL), at time `at` (0: now).  Returns 0 to accept, or -1
+ * with `why` filled.
+ */
+int tlsio_verify_offline(SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * untrusted, const char *name,
+                         const char *ip, time_t at, struct tls_failure *why);
 
 /*
  * Returns the process's client SSL_CTX, built on first use from the
@@ -59,6 +80,11 @@ long tlsio_now_ms(void);
  * passes, retrying on EINTR.  Returns 1 ready, 0 timed out, -1 error.
  */
 int tlsio_wait(int fd, short events, long deadline_ms);
+
+/*
+ * Writes `cert`'s SPKI pin, "sha256//BASE64", into `out`.  Returns 0, or -1.
+ */
+int tlsio_spki_pin(X509 *cert, char *out, size_t outlen);
 
 /* Fills the certificate fields of `why` from `cert` (may be NULL). */
 void tlsio_describe_cert(X509 *cert, struct tls_failure *why);

@@ -334,3 +334,152 @@ count_in() {
 new_marker() {
   echo "MARKER-$RANDOM$RANDOM-$$-$BATS_TEST_NUMBER"
 }
+
+# --- trust policy (policy.bats) -------------------------------------------
+
+# shim_conf CONF [NAME=VALUE...] CMD...: run CMD under the shim configured by
+# the file CONF alone (TLSSHIM_CONFIG; no TLSSHIM_CA_FILE), with log lines
+# copied to stderr.
+shim_conf() {
+  local conf=$1
+  shift
+  timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" env LD_PRELOAD="$TLSSHIM_LIB" \
+    TLSSHIM_CONFIG="$conf" TLSSHIM_LOG_STDERR=1 "$@"
+}
+
+# write_conf NAME: write standard input to $BATS_TEST_TMPDIR/NAME.cnf and
+# print that path. Use: conf=$(write_conf x <<EOF ... EOF)
+write_conf() {
+  local path=$BATS_TEST_TMPDIR/$1.cnf
+  cat >"$path"
+  echo "$path"
+}
+
+# pin_of NAME: the "sha256//BASE64" SPKI pin of $CERTS/NAME.pem, from the
+# pins.txt that gen-certs.sh writes.
+pin_of() {
+  local pin
+  pin=$(awk -v n="$1" '$1 == n { print $2 }' "$CERTS/pins.txt")
+  if [[ -z $pin ]]; then
+    echo "pin_of: no pin for $1 in $CERTS/pins.txt" >&2
+    return 1
+  fi
+  echo "$pin"
+}
+
+# log_field LINE KEY: print the value of KEY in a log line, unquoted
+# (key="a b" or key=word); status 1 when the line has no such field.
+log_field() {
+  local line=" $1" key=$2
+  local quoted="[[:space:]]$key=\"([^\"]*)\"" bare="[[:space:]]$key=([^[:space:]]*)"
+  if [[ $line =~ $quoted ]]; then
+    echo "${BASH_REMATCH[1]}"
+  elif [[ $line =~ $bare ]]; then
+    echo "${BASH_REMATCH[1]}"
+  else
+    return 1
+  fi
+}
+
+# assert_log_fields FIELD...: some tlsshim log line on stderr of the last
+# `run --separate-stderr` has every FIELD, where FIELD is
+#   key=value   the field equals value exactly (quotes removed), or
+#   key~TEXT    the field contains TEXT; TEXT may be alternatives "A|B".
+assert_log_fields() {
+  local line field key want val alt ok
+  local -a alts
+  while IFS= read -r line; do
+    [[ $line =~ ^tlsshim\[[0-9]+\]:\  ]] || continue
+    ok=1
+    for field in "$@"; do
+      key=${field%%[=~]*}
+      want=${field:${#key}+1}
+      if ! val=$(log_field "$line" "$key"); then
+        ok=0
+      elif [[ ${field:${#key}:1} == = ]]; then
+        [[ $val == "$want" ]] || ok=0
+      else
+        IFS='|' read -r -a alts <<<"$want"
+        ok=0
+        for alt in "${alts[@]}"; do
+          [[ $val == *"$alt"* ]] && ok=1
+        done
+      fi
+      [[ $ok -eq 1 ]] || break
+    done
+    [[ $ok -eq 1 ]] && return 0
+  done <<<"${stderr:-}"
+  echo "no tlsshim log line with: $*" >&2
+  show_run
+  return 1
+}
+
+# start_nginx_with PORT CERTFILE KEYFILE [DIRECTIVE...]: like start_nginx,
+# but with certificate and key given as paths (a full chain file works) and
+# extra server-block DIRECTIVEs (each a complete "name value;"). Every request
+# is answered with one line:
+#   tlsshim-e2e ok proto=P cipher=C sni=S client_verify=V client_dn=D uri=U
+start_nginx_with() {
+  local port=$1 cert=$2 key=$3 dir=$BATS_TEST_TMPDIR/nginx-$1
+  shift 3
+  mkdir -p "$dir/html"
+  local listen6=
+  have_ipv6 && listen6="listen [::1]:$port ssl;"
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log notice;
+events { worker_connections 64; }
+http {
+  access_log $dir/access.log;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  default_type text/plain;
+  server {
+    listen 127.0.0.1:$port ssl;
+    $listen6
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $cert;
+    ssl_certificate_key $key;
+    $*
+    location / {
+      return 200 "tlsshim-e2e ok proto=\$ssl_protocol cipher=\$ssl_cipher sni=\$ssl_server_name client_verify=\$ssl_client_verify client_dn=\$ssl_client_s_dn uri=\$request_uri\n";
+    }
+  }
+}
+EOF
+  start_bg "nginx-$port" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+  wait_listen "$port" "$(listen_count)" "nginx-$port" || {
+    cat "$dir/error.log" >&2
+    return 1
+  }
+}
+
+# NETNS_V4, NETNS_V6: addresses that in_netns puts on the namespace's own
+# loopback interface: "network" (non-loopback) addresses for the shim's UDP
+# policy whose traffic never leaves the test's namespace.
+# shellcheck disable=SC2034 # used by the .bats files
+NETNS_V4=198.51.100.1
+# shellcheck disable=SC2034
+NETNS_V6=2001:db8::1
+
+# have_netns: whether this host lets us create a network namespace.
+have_netns() {
+  unshare -n -- true 2>/dev/null
+}
+
+# in_netns CMD...: run CMD in a new network namespace with lo up, holding
+# 127.0.0.1, ::1, $NETNS_V4 and $NETNS_V6. Nothing sent there can reach a
+# real network: there is no other interface.
+in_netns() {
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  unshare -n -- sh -c 'ip link set lo up &&
+    ip addr add "$0/32" dev lo &&
+    { ip -6 addr add "$1/128" dev lo nodad 2>/dev/null || true; } &&
+    shift 2 && exec "$@"' "$NETNS_V4" "$NETNS_V6" "$@"
+}
