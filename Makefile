@@ -64,6 +64,7 @@ UNIT_DEPS_conf := conf names
 UNIT_DEPS_fdreg := fdreg real
 UNIT_DEPS_log := log conf names fdreg real
 UNIT_DEPS_tlsio := tlsio conf names
+UNIT_DEPS_policy := policy conf names tlsio
 UNIT_DEPS_relay := relay log conf names fdreg real tlsio
 UNIT_TESTS := $(patsubst tests/unit/%_test.cc,%,$(wildcard tests/unit/*_test.cc))
 UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/tests/%_test)
@@ -102,9 +103,23 @@ test-e2e: all certs
 
 test: test-unit test-inproc test-e2e
 
+# Fuzz the configuration loader with libFuzzer for a bounded time.
+FUZZ_SECONDS ?= 30
+FUZZ_SRCS := tests/fuzz/conf_fuzz.c $(addprefix shim/,conf.c names.c tlsio.c policy.c)
+build-fuzz/conf_fuzz: $(FUZZ_SRCS) $(HEADERS)
+	@mkdir -p build-fuzz
+	@echo "  CLANG   $@"
+	@clang -std=c11 -D_GNU_SOURCE -g -O1 -Ishim -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined -o $@ $(FUZZ_SRCS) -lssl -lcrypto -lpthread
+
+fuzz: build-fuzz/conf_fuzz
+	@mkdir -p build-fuzz/corpus
+	build-fuzz/conf_fuzz -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+		-print_final_stats=1 build-fuzz/corpus tests/fuzz/corpus
+
 # --- lint --------------------------------------------------------------------
 
-C_SOURCES := $(wildcard shim/*.c shim/*.h)
+C_SOURCES := $(wildcard shim/*.c shim/*.h tests/fuzz/*.c)
 CXX_SOURCES := $(wildcard tests/unit/*.cc tests/inproc/*.cc tests/inproc/*.h)
 
 lint:
@@ -121,7 +136,7 @@ demo:
 	bash scripts/demo.sh
 
 clean:
-	rm -rf build build-address build-undefined build-thread
+	rm -rf build build-address build-undefined build-thread build-fuzz
 
-.PHONY: all certs test test-unit test-inproc test-e2e lint format demo clean
+.PHONY: all certs test test-unit test-inproc test-e2e fuzz lint format demo clean
 .DELETE_ON_ERROR:

@@ -79,22 +79,23 @@ wait_port() { # port: bounded wait until something listens on 127.0.0.1:port
 	exit 1
 }
 
-start_server() { # name [--tls cert key]
-	local name=$1
+start_server() { # name [--tls cert key]: sets PORT
+	local name=$1 i
 	shift
 	setsid "$out/bench-server" --port-file "$out/run/$name.port" --max-seconds 1800 "$@" \
 		>"$out/run/$name.log" 2>&1 &
 	pids+=($!)
-	local i
 	for i in $(seq 1 100); do
 		[ -s "$out/run/$name.port" ] && break
 		sleep 0.05
 	done
-	cat "$out/run/$name.port"
+	PORT=$(cat "$out/run/$name.port")
 }
 
-TLS_PORT=$(start_server tls --tls "$out/certs/server.pem" "$out/certs/server.key")
-PLAIN_PORT=$(start_server plain)
+start_server tls --tls "$out/certs/server.pem" "$out/certs/server.key"
+TLS_PORT=$PORT
+start_server plain
+PLAIN_PORT=$PORT
 STUNNEL_PORT=$(free_port)
 STUNNEL_NR_PORT=$(free_port)
 SOCAT_PORT=$(free_port)
@@ -210,7 +211,10 @@ if want idle; then
 		fi
 	done
 fi
-want files && interleave files 5 noshim tlsshim -- files 200000 "$out/run/filewrite.dat"
+# On tmpfs when there is one, so that the disk's noise does not hide the shim's.
+fdir=/dev/shm
+[ -d "$fdir" ] && [ -w "$fdir" ] || fdir=$out/run
+want files && interleave files 5 noshim tlsshim -- files 200000 "$fdir/tlsshim-bench-$$.dat"
 
 if want callgrind; then
 	for who in inproc tlsshim; do

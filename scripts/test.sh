@@ -39,6 +39,7 @@ step "lint" make lint
 step "unit tests" make -j"$jobs" test-unit
 step "in-process semantics tests" make test-inproc
 step "end-to-end tests" make test-e2e
+step "fuzz the configuration loader (libFuzzer, ${FUZZ_SECONDS:-30} s)" make fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 
 if [ -z "${QUICK:-}" ]; then
 	export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"

@@ -22,6 +22,7 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,6 +348,13 @@ static void fail(struct loader *ld, const char *fmt, ...)
 		snprintf(ld->c->error, sizeof(ld->c->error), "%s", msg);
 }
 
+/* Sets a string owned by the configuration, freeing the one it replaces. */
+static void replace(const char **slot, const char *value)
+{
+	free((void *)(uintptr_t)*slot);
+	*slot = value;
+}
+
 /* A path from the file, made absolute against the file's directory. */
 static const char *keep_path(struct loader *ld, const char *value)
 {
@@ -426,24 +434,24 @@ static int tls_key(struct loader *ld, const char *where, struct conf_tls *t, str
 		}
 		check_readable(ld, where, key, p, is_dir);
 		if (key[0] == 'c' && key[1] == 'a' && key[3] == 'f')
-			t->ca_file = p, set->trust = true;
+			replace(&t->ca_file, p), set->trust = true;
 		else if (is_dir)
-			t->ca_dir = p, set->trust = true;
+			replace(&t->ca_dir, p), set->trust = true;
 		else if (key[0] == 'a')
-			t->approved_cert = p, set->trust = true;
+			replace(&t->approved_cert, p), set->trust = true;
 		else if (strcmp(key, "cert") == 0)
-			t->cert = p, set->cert = true;
+			replace(&t->cert, p), set->cert = true;
 		else
-			t->key = p, set->cert = true;
+			replace(&t->key, p), set->cert = true;
 	} else if (strcmp(key, "min_protocol") == 0) {
 		if (parse_protocol(value, &t->min_protocol) != 0)
 			fail(ld, "%s min_protocol = %s: expected TLSv1.2 or TLSv1.3", where, value);
 		set->min_protocol = true;
 	} else if (strcmp(key, "ciphers") == 0) {
-		t->ciphers = strdup(value);
+		replace(&t->ciphers, strdup(value));
 		set->ciphers = true;
 	} else if (strcmp(key, "ciphersuites") == 0) {
-		t->ciphersuites = strdup(value);
+		replace(&t->ciphersuites, strdup(value));
 		set->ciphersuites = true;
 	} else if (strcmp(key, "ocsp") == 0) {
 		if (parse_ocsp(value, &t->ocsp) != 0)
@@ -485,7 +493,9 @@ static void global_key(struct loader *ld, struct tls_set *set, const char *key, 
 		                                                          : &c->log_success) != 0)
 			fail(ld, "[tlsshim] %s = %s: expected yes or no", key, value);
 	} else if (strcmp(key, "log_socket") == 0) {
-		c->log_socket = strdup(value);
+		if ((size_t)snprintf(c->log_socket, sizeof(c->log_socket), "%s", value) >=
+		    sizeof(c->log_socket))
+			fail(ld, "[tlsshim] log_socket = %s: path too long", value);
 	} else if (strcmp(key, "log_facility") == 0) {
 		if (conf_parse_facility(value, &c->log_facility) != 0)
 			fail(ld, "[tlsshim] log_facility = %s: unknown facility", value);
@@ -590,7 +600,7 @@ static void load_rule(struct loader *ld, CONF *nc, const char *section, struct c
 
 			if (names_normalise(v->value, norm, sizeof(norm)) != 0)
 				fail(ld, "%s name = %s: not a DNS host name", where, v->value);
-			r->name = strdup(norm);
+			replace(&r->name, strdup(norm));
 		} else if (!tls_key(ld, where, &r->tls, &set, v->name, v->value)) {
 			fail(ld, "%s unknown key \"%s\"", where, v->name);
 		}
@@ -709,8 +719,10 @@ static void load_env(struct loader *ld)
 	if ((v = conf_env("TLSSHIM_LOG_SUCCESS")) != NULL &&
 	    conf_parse_bool(v, &c->log_success) != 0)
 		fail(ld, "invalid TLSSHIM_LOG_SUCCESS=\"%.200s\"", v);
-	if ((v = conf_env("TLSSHIM_LOG_SOCKET")) != NULL)
-		c->log_socket = v;
+	if ((v = conf_env("TLSSHIM_LOG_SOCKET")) != NULL &&
+	    (size_t)snprintf(c->log_socket, sizeof(c->log_socket), "%s", v) >=
+	            sizeof(c->log_socket))
+		fail(ld, "invalid TLSSHIM_LOG_SOCKET=\"%.200s\" (path too long)", v);
 	if ((v = conf_env("TLSSHIM_LOG_FACILITY")) != NULL &&
 	    conf_parse_facility(v, &c->log_facility) != 0)
 		fail(ld, "invalid TLSSHIM_LOG_FACILITY=\"%.200s\"", v);
@@ -721,12 +733,12 @@ static void load_env(struct loader *ld)
 	    conf_parse_seconds(v, &c->handshake_timeout_ms) != 0)
 		fail(ld, "invalid TLSSHIM_HANDSHAKE_TIMEOUT=\"%.200s\" (seconds, 0.1 to 3600)", v);
 	if ((v = conf_env("TLSSHIM_CA_FILE")) != NULL) {
-		c->tls.ca_file = v;
+		replace(&c->tls.ca_file, strdup(v));
 		if (access(v, R_OK) != 0)
 			fail(ld, "invalid TLSSHIM_CA_FILE=\"%.200s\" (not readable)", v);
 	}
 	if ((v = conf_env("TLSSHIM_CA_DIR")) != NULL) {
-		c->tls.ca_dir = v;
+		replace(&c->tls.ca_dir, strdup(v));
 		if (access(v, R_OK | X_OK) != 0)
 			fail(ld, "invalid TLSSHIM_CA_DIR=\"%.200s\" (not a readable directory)", v);
 	}
@@ -741,7 +753,7 @@ int conf_load(struct shim_conf *c, const char *file)
 	c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
 	c->tls.min_protocol = TLS12;
 	c->tls.ocsp = OCSP_PREFER;
-	c->log_socket = "/dev/log";
+	snprintf(c->log_socket, sizeof(c->log_socket), "/dev/log");
 	c->log_facility = LOG_AUTHPRIV;
 	snprintf(c->log_ident, sizeof(c->log_ident), "tlsshim");
 	c->log_repeat_window_ms = DEFAULT_REPEAT_WINDOW_MS;
@@ -768,6 +780,40 @@ int conf_load(struct shim_conf *c, const char *file)
 		fail(&ld, "no trust configured: set TLSSHIM_CA_FILE=/path/to/approved-ca.pem "
 		          "(or TLSSHIM_CA_DIR, or a configuration file in TLSSHIM_CONFIG)");
 	return ld.failed ? -1 : 0;
+}
+
+static void free_tls(struct conf_tls *t, const struct conf_tls *shared)
+{
+	const char **own[] = {&t->ca_file, &t->ca_dir,  &t->approved_cert, &t->cert,
+	                      &t->key,     &t->ciphers, &t->ciphersuites};
+	const char *const *theirs[] = {
+	        &shared->ca_file, &shared->ca_dir,  &shared->approved_cert, &shared->cert,
+	        &shared->key,     &shared->ciphers, &shared->ciphersuites};
+	size_t i;
+
+	for (i = 0; i < sizeof(own) / sizeof(own[0]); i++) {
+		/* Inherited settings point at the global strings: freed once, there. */
+		if (t == shared || *own[i] != *theirs[i])
+			free((void *)(uintptr_t)*own[i]);
+		*own[i] = NULL;
+	}
+}
+
+void conf_free(struct shim_conf *c)
+{
+	size_t i;
+
+	for (i = 0; c->rules != NULL && i < c->nrules; i++) {
+		free_tls(&c->rules[i].tls, &c->tls);
+		free((void *)(uintptr_t)c->rules[i].section);
+		free((void *)(uintptr_t)c->rules[i].name);
+		free(c->rules[i].match);
+	}
+	/* A rule that failed half way is counted too (nrules is set before it loads). */
+	free(c->rules);
+	free_tls(&c->tls, &c->tls);
+	free((void *)(uintptr_t)c->file);
+	memset(c, 0, sizeof(*c));
 }
 
 static void conf_load_once(void)

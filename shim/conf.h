@@ -73,7 +73,7 @@ struct shim_conf {
 	int handshake_timeout_ms; /* bounds TCP connect + TLS handshake */
 	bool log_stderr;          /* copy each log line to standard error */
 	bool log_success;         /* also log every successful connection (audit) */
-	const char *log_socket;   /* syslog datagram socket, default /dev/log */
+	char log_socket[108];     /* syslog datagram socket, default /dev/log */
 	int log_facility;         /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
 	char log_ident[33];       /* syslog tag, default "tlsshim" */
 	int log_repeat_window_ms; /* identical failures folded within this window */
@@ -94,6 +94,12 @@ const struct shim_conf *conf_get(void);
  * and tests; the shim itself uses conf_get().)
  */
 int conf_load(struct shim_conf *c, const char *file);
+
+/*
+ * Frees what conf_load() allocated (the fuzzer and tests; the shim keeps its
+ * configuration for the life of the process).
+ */
+void conf_free(struct shim_conf *c);
 
 /*
  * Parses one `match` pattern: "*", "10.0.0.0/8:443", "[::1]:8000-8100",

@@ -11,9 +11,10 @@
  * daemon that restarts binds a new socket at the same path and our send
  * fails with ECONNREFUSED (then ENOTCONN): we reconnect once and resend.
  * When the daemon is absent or its queue is full (EAGAIN) the line is
- * dropped and counted, and `dropped=N` rides on the next line that gets
- * through.  The count is read, appended and cleared under the channel lock
- * together with the send, so concurrent threads neither lose nor repeat it.
+ * dropped and counted, never waited for, and `dropped=N` rides on the next
+ * line that gets through.  The count is read, appended and cleared under the
+ * channel lock together with the send, so concurrent threads neither lose
+ * nor repeat it.  The one wait is at exit (see below).
  *
  * Folding.  Identical events -- same event name, peer and reason -- within
  * log_repeat_window_ms are folded, so a retry loop cannot flood the log:
@@ -26,7 +27,10 @@
  *    noticed by the next line of any kind (every emit first flushes closed
  *    windows), by log_flush(), and at exit by an atexit handler, which sends
  *    every pending count whether or not its window closed and turns folding
- *    off for whatever is logged later in the exit;
+ *    off for whatever is logged later in the exit.  Since no later line
+ *    could report those lines dropped, and they may be more than a short
+ *    daemon queue holds, the exit flush alone waits for room in the queue,
+ *    LOG_EXIT_WAIT_MS at most in all;
  *  - when all slots are busy, the one whose window opened first is closed
  *    early: its count is sent then, and the slot reused.
  * So a count is never discarded while the process lives: it is delayed at
@@ -48,6 +52,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -64,6 +69,8 @@
 #define LOG_MSG_MAX  (LOG_LINE_MAX + 160)
 #define FOLD_SLOTS   32
 #define FOLD_KEY_MAX 384
+/* At exit, how long the last counts may wait for room in the daemon's queue. */
+#define LOG_EXIT_WAIT_MS 200
 
 /* --- events and their severity ----------------------------------------------- */
 
@@ -294,7 +301,8 @@ struct log_chan {
 	dev_t fd_dev; /* identity of fd, to notice it was replaced */
 	ino_t fd_ino;
 	bool connected;
-	bool exiting; /* the exit flush ran: nothing is folded any more */
+	bool exiting;              /* the exit flush ran: nothing is folded any more */
+	long long exit_wait_until; /* during the exit flush: wait for a full queue until then */
 	unsigned long dropped;
 	struct fold_slot slot[FOLD_SLOTS];
 	char text[FOLD_SLOTS][LOG_LINE_MAX]; /* the latest folded line of each slot */
@@ -383,6 +391,9 @@ static int chan_connect_locked(struct log_chan *c)
 	struct stat st;
 	int fd;
 
+	/* Bound already in the shim; a unit test may come here first. */
+	if (real_init() != 0)
+		return -1;
 	if (c->fd >= 0 && !chan_fd_ours(c)) {
 		/*
 		 * Closed behind our back (a raw close_range syscall, a dup2() onto
@@ -406,7 +417,7 @@ static int chan_connect_locked(struct log_chan *c)
 		c->connected = false;
 	}
 	if (!c->connected) {
-		if (!c->addr_ok || real_init() != 0 ||
+		if (!c->addr_ok ||
 		    real.connect(c->fd, (const struct sockaddr *)&c->addr, sizeof(c->addr)) != 0)
 			return -1;
 		c->connected = true;
@@ -414,28 +425,49 @@ static int chan_connect_locked(struct log_chan *c)
 	return 0;
 }
 
+/*
+ * Caller holds the lock.  At exit, a full queue is waited for (bounded by
+ * c->exit_wait_until): the exit flush may send up to FOLD_SLOTS lines at once,
+ * more than a short queue (net.unix.max_dgram_qlen, 10 by default without
+ * systemd) holds, and no later line would report them dropped.  True when
+ * the socket became writable in time.
+ */
+static bool chan_exit_wait_locked(struct log_chan *c)
+{
+	struct pollfd p = {c->fd, POLLOUT, 0};
+	long long left;
+
+	if (c->exit_wait_until == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+		return false;
+	left = c->exit_wait_until - log_now_ms();
+	return left > 0 && poll(&p, 1, (int)left) == 1 && (p.revents & POLLOUT);
+}
+
 /* Caller holds the lock.  Sends one datagram; 0 when the daemon has it. */
 static int chan_deliver_locked(struct log_chan *c, const char *msg, size_t n)
 {
-	int attempt;
+	bool reconnected = false;
 
-	for (attempt = 0; attempt < 2; attempt++) {
+	for (;;) {
 		if (chan_connect_locked(c) != 0)
 			return -1;
 		if (send(c->fd, msg, n, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n)
 			return 0;
+		if (chan_exit_wait_locked(c))
+			continue;
 		/*
 		 * ECONNREFUSED: the daemon's socket is gone, typically because the
 		 * daemon restarted and bound a new one at the same path; the kernel
 		 * then forgets the peer, and later sends say ENOTCONN.  Connect
 		 * again and resend, once.  EAGAIN (its queue is full) and anything
-		 * else: drop, without waiting.
+		 * else: drop, without waiting (but at exit, above).
 		 */
-		if (errno != ECONNREFUSED && errno != ENOTCONN && errno != ECONNRESET)
+		if (reconnected ||
+		    (errno != ECONNREFUSED && errno != ENOTCONN && errno != ECONNRESET))
 			return -1;
 		c->connected = false;
+		reconnected = true;
 	}
-	return -1;
 }
 
 /*
@@ -602,7 +634,10 @@ void log_chan_flush(struct log_chan *c, long long now_ms, bool all)
 	int saved = errno;
 
 	chan_lock(c, __func__);
+	if (all)
+		c->exit_wait_until = log_now_ms() + LOG_EXIT_WAIT_MS;
 	chan_flush_locked(c, now_ms, all);
+	c->exit_wait_until = 0;
 	if (all)
 		c->exiting = true;
 	chan_unlock(c, __func__);

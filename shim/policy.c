@@ -80,7 +80,7 @@ bool policy_match_one(const struct conf_match *m, const struct sockaddr *addr, c
 }
 
 const struct conf_rule *policy_match(const struct shim_conf *c, const struct sockaddr *addr,
-				     const char *name, size_t *index)
+                                     const char *name, size_t *index)
 {
 	size_t i, j;
 
@@ -140,7 +140,7 @@ int policy_build(struct policy *p, const struct shim_conf *c)
 		p->rule_ctx[i] = tlsio_ctx_new(&c->rules[i].tls, err, sizeof(err));
 		if (p->rule_ctx[i] == NULL) {
 			snprintf(p->error, sizeof(p->error), "%s%s[%s]: %s", c->file ? c->file : "",
-				 c->file ? ": " : "", c->rules[i].section, err);
+			         c->file ? ": " : "", c->rules[i].section, err);
 			return -1;
 		}
 	}
@@ -148,8 +148,19 @@ int policy_build(struct policy *p, const struct shim_conf *c)
 	return 0;
 fail_global:
 	snprintf(p->error, sizeof(p->error), "%s%s[tlsshim]: %s", c->file ? c->file : "",
-		 c->file ? ": " : "", err);
+	         c->file ? ": " : "", err);
 	return -1;
+}
+
+void policy_free(struct policy *p)
+{
+	size_t i;
+
+	for (i = 0; p->rule_ctx != NULL && p->conf != NULL && i < p->conf->nrules; i++)
+		SSL_CTX_free(p->rule_ctx[i]);
+	free(p->rule_ctx);
+	SSL_CTX_free(p->global_ctx);
+	memset(p, 0, sizeof(*p));
 }
 
 static void policy_build_once(void)

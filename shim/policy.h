@@ -35,6 +35,9 @@ const struct policy *policy_get(void);
  */
 int policy_build(struct policy *p, const struct shim_conf *c);
 
+/* Frees what policy_build() made (the fuzzer and tests). */
+void policy_free(struct policy *p);
+
 /*
  * The first rule whose patterns match the destination `addr` (with its
  * port) and the resolved host name `name` (NULL when the program connected

@@ -39,7 +39,13 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#define SCRATCH_SIZE  (64 * 1024)
+/*
+ * Four full TLS records (RFC 8446, section 5.1: at most 2^14 bytes of
+ * plaintext each): one recv() from the program feeds four records, and up to
+ * four decrypted records go to the program in one send().
+ */
+#define SCRATCH_SIZE  (4 * 16384)
+#define POOL_MAX      8 /* spare scratch-sized buffers kept by the thread */
 #define MAX_EVENTS    256
 #define EXIT_FLUSH_MS 3000
 
@@ -80,6 +86,7 @@ struct relay_conn {
 	bool notify_sent;            /* close_notify sent, FIN sent */
 	bool app_shut;               /* EOF delivered to the program */
 	bool dead;                   /* torn down, waiting to be freed */
+	bool net_drained;            /* the last read of the TLS socket emptied it */
 	struct sockaddr_storage peer;
 	char name[256];
 };
@@ -97,9 +104,45 @@ static struct relay_conn *relay_conns;
 static struct relay_conn *relay_zombies; /* torn down this batch, freed after it */
 static long relay_nconns;
 static struct side relay_wake_side = {NULL, SIDE_WAKE};
-static unsigned char *relay_scratch;
+static unsigned char *relay_scratch;          /* relay thread only */
+static unsigned char *relay_pool[POOL_MAX];   /* relay thread only */
+static int relay_npool;
 
-/* --- stashes ---------------------------------------------------------------- */
+/* --- buffers -------------------------------------------------------------- */
+
+/*
+ * Data moves through the thread's scratch buffer.  When one side refuses
+ * part of it, the buffer itself (not a copy) becomes the connection's stash
+ * and the thread takes another from a small pool: no copy, no malloc on the
+ * hot path, and an idle connection still owns no buffer.
+ */
+static unsigned char *buf_get(void)
+{
+	if (relay_npool > 0)
+		return relay_pool[--relay_npool];
+	return malloc(SCRATCH_SIZE);
+}
+
+/* Returns a buffer to the pool; `used` bytes are wiped if it is freed. */
+static void buf_put(unsigned char *b, size_t used)
+{
+	if (b == NULL)
+		return;
+	if (relay_npool < POOL_MAX) {
+		relay_pool[relay_npool++] = b;
+		return;
+	}
+	OPENSSL_cleanse(b, used);
+	free(b);
+}
+
+/* Makes sure the thread has a scratch buffer.  Returns 0 or -1 (ENOMEM). */
+static int scratch_ensure(void)
+{
+	if (relay_scratch == NULL)
+		relay_scratch = buf_get();
+	return relay_scratch != NULL ? 0 : -1;
+}
 
 static bool stash_empty(const struct stash *s)
 {
@@ -108,23 +151,29 @@ static bool stash_empty(const struct stash *s)
 
 static void stash_clear(struct stash *s)
 {
-	if (s->buf != NULL)
-		OPENSSL_cleanse(s->buf, s->len);
-	free(s->buf);
+	buf_put(s->buf, s->len);
 	s->buf = NULL;
 	s->off = s->len = 0;
 }
 
-/* Keeps `len` bytes that could not be passed on. Returns 0 or -1 (ENOMEM). */
-static int stash_keep(struct stash *s, const unsigned char *data, size_t len)
+/* Teardown: the data will never be sent, wipe it. */
+static void stash_discard(struct stash *s)
 {
-	s->buf = malloc(len);
-	if (s->buf == NULL)
-		return -1;
-	memcpy(s->buf, data, len);
-	s->off = 0;
+	if (s->buf != NULL)
+		OPENSSL_cleanse(s->buf, s->len);
+	stash_clear(s);
+}
+
+/*
+ * The scratch buffer holds `len` bytes of which `off` were passed on: it
+ * becomes the stash `s` (empty before), and the thread needs a new one.
+ */
+static void stash_take_scratch(struct stash *s, size_t off, size_t len)
+{
+	s->buf = relay_scratch;
+	s->off = off;
 	s->len = len;
-	return 0;
+	relay_scratch = NULL;
 }
 
 static void stash_consume(struct stash *s, size_t n)
@@ -132,6 +181,26 @@ static void stash_consume(struct stash *s, size_t n)
 	s->off += n;
 	if (s->off == s->len)
 		stash_clear(s);
+}
+
+/*
+ * The TLS socket's BIO reports here after each read: a read that returned
+ * less than asked for (or nothing) emptied the socket, so the relay need not
+ * ask again until epoll says there is more.  With read-ahead on, this saves
+ * the recv() that would only have returned EAGAIN.
+ */
+static long net_bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
+                       int ret, size_t *processed)
+{
+	struct relay_conn *c = (struct relay_conn *)BIO_get_callback_arg(b);
+
+	(void)argp;
+	(void)argi;
+	(void)argl;
+	if (oper == (BIO_CB_READ | BIO_CB_RETURN) && c != NULL &&
+	    (ret <= 0 || processed == NULL || *processed < len))
+		c->net_drained = true;
+	return ret;
 }
 
 /* --- registration ----------------------------------------------------------- */
@@ -194,8 +263,8 @@ static void relay_teardown(struct relay_conn *c)
 	fdreg_release(c->net_fd);
 	SSL_free(c->ssl);
 	c->ssl = NULL;
-	stash_clear(&c->up);
-	stash_clear(&c->down);
+	stash_discard(&c->up);
+	stash_discard(&c->down);
 
 	pthread_mutex_lock(&relay_lock);
 	if (c->prev != NULL)
@@ -214,50 +283,20 @@ static void relay_teardown(struct relay_conn *c)
 /* --- the pumps -------------------------------------------------------------- */
 
 /*
- * Program -> server.  Returns 0, or -1 after a fatal error (torn down by the
- * caller).
+ * Hands s->buf[off..len) to SSL_write until it is all accepted or OpenSSL
+ * must wait (SSL_MODE_ENABLE_PARTIAL_WRITE: one record per call).  Returns
+ * 0 when all was written, 1 when blocked (ssl_up_wants set, s->off
+ * advanced), -1 after a fatal error.
  */
-static int pump_up(struct relay_conn *c)
+static int ssl_write_out(struct relay_conn *c, struct stash *s)
 {
-	c->ssl_up_wants = 0;
-	while (!c->net_dead) {
-		const unsigned char *data;
-		size_t len;
+	while (s->off < s->len) {
 		int w, err;
 
-		if (stash_empty(&c->up)) {
-			ssize_t n;
-
-			if (c->app_eof)
-				break;
-			n = recv(c->app_fd, relay_scratch, SCRATCH_SIZE, MSG_DONTWAIT);
-			if (n == 0 ||
-			    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-				c->app_eof = true;
-				break;
-			}
-			if (n < 0) {
-				if (errno == EINTR)
-					continue;
-				break;
-			}
-			data = relay_scratch;
-			len = (size_t)n;
-		} else {
-			data = c->up.buf + c->up.off;
-			len = c->up.len - c->up.off;
-		}
-
 		ERR_clear_error();
-		w = SSL_write(c->ssl, data, (int)len);
+		w = SSL_write(c->ssl, s->buf + s->off, (int)(s->len - s->off));
 		if (w > 0) {
-			if (data == relay_scratch) {
-				if ((size_t)w < len &&
-				    stash_keep(&c->up, data + w, len - (size_t)w) != 0)
-					return -1;
-			} else {
-				stash_consume(&c->up, (size_t)w);
-			}
+			s->off += (size_t)w;
 			continue;
 		}
 		err = SSL_get_error(c->ssl, w);
@@ -266,9 +305,61 @@ static int pump_up(struct relay_conn *c)
 			return -1;
 		}
 		c->ssl_up_wants = err == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN;
-		if (data == relay_scratch && stash_keep(&c->up, data, len) != 0)
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Program -> server.  Returns 0, or -1 after a fatal error (torn down by the
+ * caller).
+ */
+static int pump_up(struct relay_conn *c)
+{
+	/*
+	 * A short read means the socketpair was empty; level-triggered epoll
+	 * reports the next data.  Not so once the program's end is gone from
+	 * epoll (HUP): then read on until EOF.
+	 */
+	bool polled = c->app_mask != (uint32_t)~0U, drained = false;
+
+	c->ssl_up_wants = 0;
+	while (!c->net_dead) {
+		struct stash cur;
+		ssize_t n;
+		int rc;
+
+		if (!stash_empty(&c->up)) {
+			rc = ssl_write_out(c, &c->up);
+			if (rc != 0)
+				return rc < 0 ? -1 : 0;
+			stash_clear(&c->up);
+			continue;
+		}
+		if (c->app_eof || drained)
+			break;
+		n = recv(c->app_fd, relay_scratch, SCRATCH_SIZE, MSG_DONTWAIT);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+			c->app_eof = true;
+			break;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		drained = polled && (size_t)n < SCRATCH_SIZE;
+		cur.buf = relay_scratch;
+		cur.off = 0;
+		cur.len = (size_t)n;
+		rc = ssl_write_out(c, &cur);
+		if (rc < 0)
 			return -1;
-		return 0;
+		if (rc > 0) {
+			/* The rest waits in this very buffer, which the connection keeps. */
+			stash_take_scratch(&c->up, cur.off, cur.len);
+			return scratch_ensure();
+		}
 	}
 
 	if (c->app_eof && stash_empty(&c->up) && !c->notify_sent && !c->net_dead) {
@@ -290,66 +381,95 @@ static int pump_up(struct relay_conn *c)
 	return 0;
 }
 
+/*
+ * Sends s->buf[off..len) to the program.  Returns 0 when all went (or the
+ * program is gone), 1 when the socketpair is full.
+ */
+static int app_send(struct relay_conn *c, struct stash *s)
+{
+	while (s->off < s->len && !c->app_gone) {
+		ssize_t n = send(c->app_fd, s->buf + s->off, s->len - s->off,
+		                 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			s->off += (size_t)n;
+		} else if (n < 0 && errno == EINTR) {
+			continue;
+		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			return 1;
+		} else {
+			c->app_gone = true;
+		}
+	}
+	return 0;
+}
+
 /* Server -> program.  Returns 0, or -1 after a fatal error. */
 static int pump_down(struct relay_conn *c)
 {
+	bool more = true;
+
 	c->ssl_down_wants = 0;
-	if (c->app_gone) {
-		stash_clear(&c->down); /* nobody left to deliver to */
+	if (!c->app_gone && !stash_empty(&c->down) && app_send(c, &c->down) != 0)
 		return 0;
-	}
-	for (;;) {
-		ssize_t n;
-		int r, err;
+	stash_clear(&c->down); /* sent, or nobody left to deliver to */
+	if (c->app_gone)
+		return 0;
 
-		if (!stash_empty(&c->down)) {
-			n = send(c->app_fd, c->down.buf + c->down.off, c->down.len - c->down.off,
-			         MSG_DONTWAIT | MSG_NOSIGNAL);
-			if (n > 0) {
-				stash_consume(&c->down, (size_t)n);
+	/*
+	 * Decrypt up to SCRATCH_SIZE bytes (several records, read ahead in one
+	 * recv()), then pass them on in one send(): fewer system calls, and
+	 * fewer wake-ups of the program.  Stop as soon as nothing more is
+	 * readable now: the relay never holds data back waiting for more.
+	 */
+	c->net_drained = false;
+	while (more) {
+		struct stash cur = {.buf = relay_scratch, .off = 0, .len = 0};
+		int fatal = 0;
+
+		while (cur.len < SCRATCH_SIZE) {
+			int r, err;
+
+			if (c->net_eof || c->net_dead ||
+			    (c->net_drained && !c->net_hup && !SSL_has_pending(c->ssl))) {
+				more = false;
+				break;
+			}
+			ERR_clear_error();
+			errno = 0;
+			r = SSL_read(c->ssl, cur.buf + cur.len, (int)(SCRATCH_SIZE - cur.len));
+			if (r > 0) {
+				cur.len += (size_t)r;
 				continue;
 			}
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-				return 0;
-			c->app_gone = true;
-			stash_clear(&c->down);
-			return 0;
-		}
-		if (c->net_eof || c->net_dead)
+			more = false;
+			err = SSL_get_error(c->ssl, r);
+			if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+				c->ssl_down_wants = err == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT;
+			} else if (err == SSL_ERROR_ZERO_RETURN) {
+				/* close_notify, or EOF without it (SSL_OP_IGNORE_UNEXPECTED_EOF). */
+				c->net_eof = true;
+			} else {
+				relay_log_failure(c, ssl_reason(err));
+				fatal = 1;
+			}
 			break;
-
-		ERR_clear_error();
-		errno = 0;
-		r = SSL_read(c->ssl, relay_scratch, SCRATCH_SIZE);
-		if (r > 0) {
-			n = send(c->app_fd, relay_scratch, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL);
-			if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-				c->app_gone = true;
-				return 0;
-			}
-			if (n < 0)
-				n = 0;
-			if (n < r && stash_keep(&c->down, relay_scratch + n, (size_t)(r - n)) != 0)
+		}
+		/* What was decrypted before an error is still the program's. */
+		if (app_send(c, &cur) != 0) {
+			stash_take_scratch(&c->down, cur.off, cur.len);
+			if (fatal)
 				return -1;
-			continue;
+			c->ssl_down_wants = 0; /* the program's EPOLLOUT comes first */
+			return scratch_ensure();
 		}
-		err = SSL_get_error(c->ssl, r);
-		if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-			c->ssl_down_wants = err == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT;
+		if (fatal)
+			return -1;
+		if (c->app_gone)
 			return 0;
-		}
-		if (err == SSL_ERROR_ZERO_RETURN) {
-			/* close_notify, or EOF without it (SSL_OP_IGNORE_UNEXPECTED_EOF). */
-			c->net_eof = true;
-			break;
-		}
-		relay_log_failure(c, ssl_reason(err));
-		return -1;
 	}
 
-	if (!c->app_shut) {
+	if ((c->net_eof || c->net_dead) && !c->app_shut) {
 		shutdown(c->app_fd, SHUT_WR);
 		c->app_shut = true;
 	}
@@ -357,13 +477,14 @@ static int pump_down(struct relay_conn *c)
 }
 
 /*
- * Moves what can be moved, then registers what is needed next, or tears the
- * connection down when both directions are finished.
+ * Runs the direction(s) that an event can move, then registers what is
+ * needed next, or tears the connection down when both directions are
+ * finished.
  */
 static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 {
 	uint32_t app_want = 0, net_want;
-	bool up_done, down_done;
+	bool up_done, down_done, run_up, run_down;
 
 	if (app_ev & (EPOLLHUP | EPOLLERR)) {
 		/*
@@ -380,7 +501,22 @@ static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 	if (net_ev & EPOLLHUP)
 		c->net_hup = true; /* the rest is readable without epoll */
 
-	if (pump_up(c) != 0 || pump_down(c) != 0) {
+	if (scratch_ensure() != 0) {
+		relay_log_failure(c, "out of memory");
+		relay_teardown(c);
+		return;
+	}
+	/*
+	 * Only the direction(s) this event concerns: the program's data (or
+	 * room for the server's), the server's data (or room for ours).  A HUP
+	 * or error concerns both.  What OpenSSL itself waits for (a write that
+	 * needs to read, say) is honoured too.
+	 */
+	run_up = (app_ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
+	         (net_ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || (net_ev & c->ssl_up_wants);
+	run_down = (app_ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) ||
+	           (net_ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) || (net_ev & c->ssl_down_wants);
+	if ((run_up && pump_up(c) != 0) || (run_down && pump_down(c) != 0)) {
 		relay_teardown(c);
 		return;
 	}
@@ -560,11 +696,6 @@ static int relay_start_locked(void)
 
 	if (relay_running)
 		return 0;
-	if (relay_scratch == NULL) {
-		relay_scratch = malloc(SCRATCH_SIZE);
-		if (relay_scratch == NULL)
-			return -1;
-	}
 	epfd = fdreg_adopt(epoll_create1(EPOLL_CLOEXEC));
 	wfd = fdreg_adopt(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
 	if (epfd < 0 || wfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, wfd, &ev) != 0)
@@ -620,6 +751,14 @@ int relay_add(const struct relay_spec *spec)
 	 */
 	c->app_mask = EPOLLIN | EPOLLOUT;
 	c->net_mask = EPOLLIN;
+	/*
+	 * Read-ahead: one recv() takes in a whole record (and whatever follows
+	 * it) instead of a header and then a body.  The BIO callback tells the
+	 * relay when a read emptied the socket (net_bio_cb).
+	 */
+	SSL_set_read_ahead(c->ssl, 1);
+	BIO_set_callback_arg(SSL_get_rbio(c->ssl), (char *)c);
+	BIO_set_callback_ex(SSL_get_rbio(c->ssl), net_bio_cb);
 
 	pthread_mutex_lock(&relay_lock);
 	if (relay_start_locked() != 0) {
@@ -683,6 +822,8 @@ void relay_atfork_child(void)
 	relay_zombies = NULL;
 	relay_nconns = 0;
 	relay_epfd = relay_wakefd = -1;
+	relay_scratch = NULL; /* like the connections: abandoned, not freed */
+	relay_npool = 0;
 	pthread_mutex_init(&relay_lock, NULL);
 	pthread_cond_init(&relay_cond, NULL);
 }

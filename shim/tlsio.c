@@ -341,7 +341,11 @@ SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen)
 			goto err;
 		}
 		if (SSL_CTX_use_PrivateKey_file(ctx, t->key, SSL_FILETYPE_PEM) != 1) {
-			ctx_error(err, errlen, "cannot load key %s", t->key);
+			if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+				ctx_error(err, errlen, "key %s does not match its certificate",
+				          t->key);
+			else
+				ctx_error(err, errlen, "cannot load key %s", t->key);
 			goto err;
 		}
 		if (SSL_CTX_check_private_key(ctx) != 1) {

@@ -479,7 +479,7 @@ have_netns() {
 in_netns() {
   # shellcheck disable=SC2016 # expanded by the inner shell
   unshare -n -- sh -c 'ip link set lo up &&
-    ip addr add "$0/32" dev lo &&
-    { ip -6 addr add "$1/128" dev lo nodad 2>/dev/null || true; } &&
-    shift 2 && exec "$@"' "$NETNS_V4" "$NETNS_V6" "$@"
+    ip addr add "$1/32" dev lo &&
+    { ip -6 addr add "$2/128" dev lo nodad 2>/dev/null || true; } &&
+    shift 2 && exec "$@"' in_netns "$NETNS_V4" "$NETNS_V6" "$@"
 }

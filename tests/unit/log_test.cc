@@ -29,7 +29,8 @@ extern "C" {
 #include "log.h"
 }
 
-namespace {
+namespace
+{
 
 std::string format(const struct log_event &ev)
 {
@@ -42,7 +43,8 @@ std::string format(const struct log_event &ev)
 TEST(Log, FieldsInFixedOrderAndAbsentOnesLeftOut)
 {
 	struct log_event ev;
-	struct sockaddr_in peer {};
+	struct sockaddr_in peer {
+	};
 	peer.sin_family = AF_INET;
 	peer.sin_port = htons(443);
 	inet_pton(AF_INET, "192.0.2.4", &peer.sin_addr);
@@ -72,7 +74,8 @@ TEST(Log, FieldsInFixedOrderAndAbsentOnesLeftOut)
 TEST(Log, Ipv6PeerInBrackets)
 {
 	struct log_event ev;
-	struct sockaddr_in6 peer {};
+	struct sockaddr_in6 peer {
+	};
 	peer.sin6_family = AF_INET6;
 	peer.sin6_port = htons(8443);
 	inet_pton(AF_INET6, "2001:db8::1", &peer.sin6_addr);
@@ -113,9 +116,9 @@ TEST(Log, SeverityPerEvent)
 		const char *event;
 		int severity;
 	} table[] = {
-	        {"handshake_failed", LOG_ERR},   {"refused_plaintext", LOG_ERR},
-	        {"relay_failed", LOG_ERR},       {"config_error", LOG_ERR},
-	        {"denied", LOG_WARNING},         {"insecure_setting", LOG_WARNING},
+	        {"handshake_failed", LOG_ERR},     {"refused_plaintext", LOG_ERR},
+	        {"relay_failed", LOG_ERR},         {"config_error", LOG_ERR},
+	        {"denied", LOG_WARNING},           {"insecure_setting", LOG_WARNING},
 	        {"plaintext_allowed", LOG_NOTICE}, {"connected", LOG_INFO},
 	        {"something_new", LOG_NOTICE},
 	};
@@ -133,8 +136,9 @@ TEST(Log, SeverityPerEvent)
 // --- a syslog daemon stand-in ----------------------------------------------------
 
 // A datagram socket bound at a path in a private temporary directory.
-class Sink {
-public:
+class Sink
+{
+      public:
 	Sink()
 	{
 		char tmpl[] = "/tmp/tlsshim-log-test-XXXXXX";
@@ -147,7 +151,10 @@ public:
 		stop();
 		rmdir(dir_.c_str());
 	}
-	const std::string &path() const { return path_; }
+	const std::string &path() const
+	{
+		return path_;
+	}
 
 	// Binds (again) at the path, like a daemon (re)starting.
 	void start()
@@ -155,7 +162,8 @@ public:
 		stop();
 		fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		ASSERT_GE(fd_, 0);
-		struct sockaddr_un sun {};
+		struct sockaddr_un sun {
+		};
 		sun.sun_family = AF_UNIX;
 		snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path_.c_str());
 		unlink(path_.c_str());
@@ -181,9 +189,12 @@ public:
 			out.emplace_back(buf, static_cast<size_t>(n));
 		return out;
 	}
-	int fd() const { return fd_; }
+	int fd() const
+	{
+		return fd_;
+	}
 
-private:
+      private:
 	std::string dir_, path_;
 	int fd_ = -1;
 };
@@ -224,7 +235,8 @@ long field(const std::string &body, const std::string &key)
 
 struct sockaddr_in v4(const char *ip, int port)
 {
-	struct sockaddr_in a {};
+	struct sockaddr_in a {
+	};
 	a.sin_family = AF_INET;
 	a.sin_port = htons(static_cast<uint16_t>(port));
 	inet_pton(AF_INET, ip, &a.sin_addr);
@@ -237,7 +249,7 @@ struct Ev {
 	struct sockaddr_in peer;
 	std::string reason;
 	Ev(const char *event, const char *reason_, int port = 443, long elapsed = 1)
-	        : peer(v4("192.0.2.7", port)), reason(reason_)
+	    : peer(v4("192.0.2.7", port)), reason(reason_)
 	{
 		log_event_init(&ev, LOG_SEVERITY_DEFAULT, event);
 		ev.dir = "out";
@@ -246,17 +258,28 @@ struct Ev {
 		ev.reason = reason.c_str();
 		ev.elapsed_ms = elapsed;
 	}
-	std::string line() const { return format(ev); }
+	std::string line() const
+	{
+		return format(ev);
+	}
 };
 
-class Chan : public ::testing::Test {
-protected:
-	void SetUp() override { sink.start(); }
-	void TearDown() override { log_chan_free(chan); }
+class Chan : public ::testing::Test
+{
+      protected:
+	void SetUp() override
+	{
+		sink.start();
+	}
+	void TearDown() override
+	{
+		log_chan_free(chan);
+	}
 	void open(int window_ms, bool to_stderr = false, int facility = LOG_AUTHPRIV,
 	          const char *ident = "tlsshim")
 	{
-		struct log_chan_opts o {};
+		struct log_chan_opts o {
+		};
 		o.path = sink.path().c_str();
 		o.ident = ident;
 		o.facility = facility;
@@ -265,7 +288,10 @@ protected:
 		chan = log_chan_new(&o);
 		ASSERT_NE(chan, nullptr);
 	}
-	void emit(const Ev &e, long long now) { log_chan_emit(chan, &e.ev, now); }
+	void emit(const Ev &e, long long now)
+	{
+		log_chan_emit(chan, &e.ev, now);
+	}
 	// The bodies received since the last call.
 	std::vector<std::string> bodies()
 	{
@@ -421,16 +447,64 @@ TEST_F(Chan, ExitFlushSendsOpenCountsAndStopsFolding)
 	EXPECT_TRUE(bodies().empty());
 }
 
+// At exit up to 32 counts go out at once, more than a short daemon queue
+// holds; the exit flush waits (bounded) for the daemon to make room.
+TEST_F(Chan, ExitFlushWaitsForRoomInTheDaemonsQueue)
+{
+	open(10000);
+	const int keys = 32;
+	for (int k = 0; k < keys; k++) {
+		Ev e("handshake_failed", "certificate has expired", 3000 + k);
+		emit(e, k);
+		emit(e, k);
+		EXPECT_EQ(bodies().size(), 1u);
+	}
+	std::vector<std::string> got;
+	std::thread reader([&] {
+		while (got.size() < static_cast<size_t>(keys)) {
+			struct pollfd p = {sink.fd(), POLLIN, 0};
+			if (poll(&p, 1, 5000) != 1)
+				return;
+			for (auto &m : sink.drain())
+				got.push_back(m);
+		}
+	});
+	log_chan_flush(chan, keys, true);
+	reader.join();
+	ASSERT_EQ(got.size(), static_cast<size_t>(keys));
+	for (const auto &m : got)
+		EXPECT_EQ(field(parse(m).body, "repeated"), 1) << m;
+}
+
+// ... and gives up when nobody reads: exit is delayed, never blocked.
+TEST_F(Chan, ExitFlushGivesUpWhenTheDaemonDoesNotRead)
+{
+	open(10000);
+	const int keys = 32;
+	for (int k = 0; k < keys; k++) {
+		Ev e("handshake_failed", "certificate has expired", 3000 + k);
+		emit(e, k);
+		emit(e, k);
+		EXPECT_EQ(bodies().size(), 1u);
+	}
+	log_chan_flush(chan, keys, true); // returns: the test would hang otherwise
+	auto got = bodies();
+	EXPECT_GT(got.size(), 0u);
+	EXPECT_LT(got.size(), static_cast<size_t>(keys)) << "the queue never filled";
+}
+
 TEST_F(Chan, FullTableClosesTheOldestWindowEarlyWithItsCount)
 {
 	open(10000);
 	const int keys = 40; // more than the table holds
+	std::vector<std::string> got;
 	for (int k = 0; k < keys; k++) {
 		Ev e("handshake_failed", "certificate has expired", 1000 + k);
 		emit(e, 2 * k);
 		emit(e, 2 * k + 1);
+		for (auto &b : bodies())
+			got.push_back(b);
 	}
-	auto got = bodies();
 	// Each key's first line, and the count of each key evicted so far.
 	int firsts = 0, counts = 0;
 	for (const auto &b : got) {
@@ -442,10 +516,17 @@ TEST_F(Chan, FullTableClosesTheOldestWindowEarlyWithItsCount)
 			ADD_FAILURE() << b;
 	}
 	EXPECT_EQ(firsts, keys);
-	EXPECT_GT(counts, 0) << "the table is smaller than " << keys << ": some window closed early";
+	EXPECT_GT(counts, 0) << "the table is smaller than " << keys
+	                     << ": some window closed early";
 	EXPECT_LT(counts, keys);
-	log_chan_flush(chan, 2 * keys, true);
-	EXPECT_EQ(counts + static_cast<int>(bodies().size()), keys) << "no count is lost";
+	// The other windows close as time passes (read as they do: the test's
+	// socket queue may hold only 10 datagrams).
+	for (long long t = 2 * keys; t <= 2 * keys + 10000; t++) {
+		log_chan_flush(chan, t, false);
+		for (const auto &b : bodies())
+			counts += field(b, "repeated") == 1 ? 1 : 1000;
+	}
+	EXPECT_EQ(counts, keys) << "no count is lost";
 }
 
 // Whatever the mix of keys and times, every event is accounted for:
@@ -458,8 +539,7 @@ TEST_F(Chan, EveryEventIsAccountedForInRandomTraffic)
 	long long now = 0;
 	auto take = [&]() {
 		for (const auto &b : bodies()) {
-			long port = field(b, "peer") == -1 ? -1 : 0;
-			(void)port;
+			EXPECT_EQ(b.find("dropped="), std::string::npos) << b;
 			size_t at = b.find("peer=192.0.2.7:");
 			ASSERT_NE(at, std::string::npos) << b;
 			int p = std::stoi(b.substr(at + 15));
@@ -473,11 +553,16 @@ TEST_F(Chan, EveryEventIsAccountedForInRandomTraffic)
 		Ev e("handshake_failed", "certificate has expired", p, i);
 		emit(e, now);
 		sent[p]++;
-		if (i % 5 == 0)
-			take(); // keep the socket's queue from filling
+		take(); // keep the socket's queue from filling
 	}
-	log_chan_flush(chan, now, true);
-	take();
+	// Let the windows close one millisecond at a time, reading as they do:
+	// the test's socket queue (net.unix.max_dgram_qlen) may be only 10 long.
+	for (long long t = now; t <= now + 2000; t++) {
+		log_chan_flush(chan, t, false);
+		take();
+	}
+	log_chan_flush(chan, now + 2001, true);
+	EXPECT_TRUE(bodies().empty());
 	EXPECT_EQ(seen, sent);
 }
 
@@ -508,40 +593,42 @@ TEST_F(Chan, DroppedLinesAreCountedOnTheNextLineThatGetsThrough)
 	EXPECT_EQ(last[0].find("dropped="), std::string::npos) << "the count was cleared";
 }
 
-// Threads log while the daemon reads slower than they write: every line is
-// either received or counted exactly once in a dropped= that was received.
+// Threads log while the daemon reads slower than they write (each thread
+// reads back at most 5 datagrams per 7 it logs, so the queue fills and
+// drains all the time): every line is either received or counted exactly once
+// in a dropped= that was received.
 TEST_F(Chan, DroppedCountIsExactUnderConcurrency)
 {
 	open(0);
-	const int threads = 4, each = 400;
-	std::atomic<bool> done{false};
-	std::vector<std::string> got;
-	std::thread reader([&] {
-		while (!done.load()) {
-			struct pollfd p = {sink.fd(), POLLIN, 0};
-			if (poll(&p, 1, 100) > 0)
-				for (auto &m : sink.drain())
-					got.push_back(std::move(m));
-		}
-	});
+	const int threads = 4, each = 700;
+	std::vector<std::vector<std::string>> per(threads);
 	std::vector<std::thread> writers;
 	for (int t = 0; t < threads; t++)
 		writers.emplace_back([&, t] {
+			char buf[8192];
 			for (int i = 0; i < each; i++) {
 				Ev e("handshake_failed", "certificate has expired", 1000 + t, i);
 				emit(e, i);
+				for (int r = 0; i % 7 == 6 && r < 5; r++) {
+					ssize_t n = recv(sink.fd(), buf, sizeof(buf), MSG_DONTWAIT);
+					if (n < 0)
+						break;
+					per[t].emplace_back(buf, static_cast<size_t>(n));
+				}
 			}
 		});
 	for (auto &w : writers)
 		w.join();
-	done = true;
-	reader.join();
+	std::vector<std::string> got;
+	for (auto &v : per)
+		got.insert(got.end(), v.begin(), v.end());
 	for (auto &m : sink.drain())
 		got.push_back(std::move(m));
 	Ev last("refused_plaintext", "server did not speak TLS");
 	emit(last, 0);
-	for (auto &m : sink.drain())
-		got.push_back(std::move(m));
+	auto tail = sink.drain();
+	ASSERT_EQ(tail.size(), 1u);
+	got.push_back(tail[0]);
 
 	long received = 0, dropped = 0;
 	for (const auto &m : got) {
@@ -554,8 +641,7 @@ TEST_F(Chan, DroppedCountIsExactUnderConcurrency)
 	}
 	EXPECT_EQ(received + dropped, threads * each + 1);
 	EXPECT_GT(dropped, 0) << "nothing was dropped: the test proves nothing";
-	EXPECT_EQ(field(parse(got.back()).body, "dropped"), -1)
-	        << "every count was delivered before the last line";
+	EXPECT_GT(received, 2 * 5 * each / 7) << "lines got through while others were dropped";
 }
 
 TEST_F(Chan, ReconnectsWhenTheDaemonRestarts)
@@ -595,7 +681,8 @@ TEST_F(Chan, AbsentDaemonDropsAndCountsThenRecovers)
 TEST_F(Chan, NoSocketAtAllNeverBlocksOrFails)
 {
 	sink.stop();
-	struct log_chan_opts o {};
+	struct log_chan_opts o {
+	};
 	o.path = "/nonexistent/tlsshim/log.sock";
 	o.ident = "tlsshim";
 	o.facility = LOG_AUTHPRIV;
@@ -696,8 +783,8 @@ TEST_F(Chan, StderrGetsTheSameLinesWithoutTheSyslogHeader)
 		emit(e, 3);
 	});
 	std::string tag = "stderr-ident[" + std::to_string(getpid()) + "]: ";
-	EXPECT_EQ(err, tag + e.line() + "\n" + tag + e.line() + " repeated=1\n" + tag + e.line() +
-	                       "\n")
+	EXPECT_EQ(err,
+	          tag + e.line() + "\n" + tag + e.line() + " repeated=1\n" + tag + e.line() + "\n")
 	        << "dropped= is about the syslog socket and stays there";
 	auto got = bodies();
 	ASSERT_EQ(got.size(), 1u);
@@ -755,6 +842,7 @@ TEST_F(Chan, ChildOfForkLogsWhileTheParentHoldsTheLock)
 	ASSERT_EQ(parent_lines.size(), 1u);
 	ASSERT_EQ(thread_state(tid), 'S');
 
+	fflush(nullptr);
 	pid_t pid = fork();
 	if (pid == 0) {
 		alarm(5);
@@ -800,6 +888,7 @@ TEST(LogProcess, UsesTheConfigurationAndFlushesAtExit)
 {
 	Sink sink;
 	sink.start();
+	fflush(nullptr); // the child's exit() must not print our buffers again
 	pid_t pid = fork();
 	if (pid == 0) {
 		alarm(5);
