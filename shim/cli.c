@@ -454,6 +454,7 @@ static int probe_one(const struct policy *p, const struct sockaddr *sa, socklen_
 		for (i = 0; i < sk_X509_num(chain); i++)
 			print_cert(sk_X509_value(chain, i), i);
 	}
+	printf("ocsp: %s\n", why.ocsp[0] ? why.ocsp : "not checked (ocsp = off)");
 	if (rc == 0)
 		printf("verdict: accept\n");
 	else

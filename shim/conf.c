@@ -32,6 +32,7 @@
 
 #define DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
 #define DEFAULT_REPEAT_WINDOW_MS     10000
+#define DEFAULT_OCSP_SKEW_S 300
 #define DEFAULT_CONFIG_FILE          "/etc/tlsshim/tlsshim.conf"
 #define TLS12                        0x0303
 #define TLS13                        0x0304
@@ -412,7 +413,7 @@ static int add_pin(void *arg, const char *item)
 
 /* Which TLS keys a section set, for inheritance. */
 struct tls_set {
-	bool trust, min_protocol, ciphers, ciphersuites, ocsp, cert, pins;
+	bool trust, min_protocol, ciphers, ciphersuites, ocsp, cert, pins, skew, crl, crl_check;
 };
 
 /*
@@ -422,9 +423,38 @@ struct tls_set {
 static int tls_key(struct loader *ld, const char *where, struct conf_tls *t, struct tls_set *set,
                    const char *key, const char *value)
 {
-	if (strcmp(key, "ca_file") == 0 || strcmp(key, "ca_dir") == 0 ||
-	    strcmp(key, "approved_cert") == 0 || strcmp(key, "cert") == 0 ||
-	    strcmp(key, "key") == 0) {
+	if (strcmp(key, "crl_file") == 0 || strcmp(key, "crl_dir") == 0) {
+		const char *p = keep_path(ld, value);
+		bool is_dir = strcmp(key, "crl_dir") == 0;
+
+		if (p == NULL) {
+			fail(ld, "%s %s: path too long", where, key);
+			return 1;
+		}
+		check_readable(ld, where, key, p, is_dir);
+		replace(is_dir ? &t->crl_dir : &t->crl_file, p);
+		set->crl = true;
+	} else if (strcmp(key, "crl_check") == 0) {
+		if (strcasecmp(value, "leaf") == 0)
+			t->crl_chain = false;
+		else if (strcasecmp(value, "chain") == 0)
+			t->crl_chain = true;
+		else
+			fail(ld, "%s crl_check = %s: expected leaf or chain", where, value);
+		set->crl_check = true;
+	} else if (strcmp(key, "ocsp_skew") == 0) {
+		int ms = 0;
+
+		if (strcmp(value, "0") == 0)
+			t->ocsp_skew_s = 0;
+		else if (conf_parse_seconds(value, &ms) != 0)
+			fail(ld, "%s ocsp_skew = %s: expected seconds, 0 to 3600", where, value);
+		else
+			t->ocsp_skew_s = ms / 1000;
+		set->skew = true;
+	} else if (strcmp(key, "ca_file") == 0 || strcmp(key, "ca_dir") == 0 ||
+	           strcmp(key, "approved_cert") == 0 || strcmp(key, "cert") == 0 ||
+	           strcmp(key, "key") == 0) {
 		const char *p = keep_path(ld, value);
 		bool is_dir = strcmp(key, "ca_dir") == 0;
 
@@ -554,6 +584,14 @@ static void inherit(struct conf_tls *t, const struct tls_set *set, const struct 
 		t->ciphersuites = g->ciphersuites;
 	if (!set->ocsp)
 		t->ocsp = g->ocsp;
+	if (!set->skew)
+		t->ocsp_skew_s = g->ocsp_skew_s;
+	if (!set->crl) {
+		t->crl_file = g->crl_file;
+		t->crl_dir = g->crl_dir;
+	}
+	if (!set->crl_check)
+		t->crl_chain = g->crl_chain;
 	if (!set->cert) {
 		t->cert = g->cert;
 		t->key = g->key;
@@ -753,6 +791,7 @@ int conf_load(struct shim_conf *c, const char *file)
 	c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
 	c->tls.min_protocol = TLS12;
 	c->tls.ocsp = OCSP_PREFER;
+	c->tls.ocsp_skew_s = DEFAULT_OCSP_SKEW_S;
 	snprintf(c->log_socket, sizeof(c->log_socket), "/dev/log");
 	c->log_facility = LOG_AUTHPRIV;
 	snprintf(c->log_ident, sizeof(c->log_ident), "tlsshim");

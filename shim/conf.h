@@ -21,7 +21,7 @@
 #include <stddef.h>
 
 #define CONF_MAX_PINS 32
-#define CONF_PIN_LEN 32 /* SHA-256 */
+#define CONF_PIN_LEN  32 /* SHA-256 */
 
 enum conf_action { ACTION_TLS, ACTION_PLAINTEXT, ACTION_DENY };
 enum conf_ocsp { OCSP_PREFER, OCSP_REQUIRE, OCSP_OFF };
@@ -37,6 +37,10 @@ struct conf_tls {
 	const char *ciphersuites;  /* TLS 1.3 suites, or NULL */
 	int min_protocol;          /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
 	enum conf_ocsp ocsp;
+	int ocsp_skew_s;      /* tolerance on OCSP thisUpdate/nextUpdate, seconds */
+	const char *crl_file; /* CRLs (PEM), or NULL */
+	const char *crl_dir;  /* CRLs (hashed directory), or NULL */
+	bool crl_chain;       /* check the whole chain, not only the server's */
 	size_t npins;
 	unsigned char pins[CONF_MAX_PINS][CONF_PIN_LEN]; /* SPKI SHA-256 */
 };
@@ -62,10 +66,10 @@ struct conf_rule {
 };
 
 struct shim_conf {
-	bool usable;              /* false: refuse every outbound TCP connection */
-	char error[512];          /* why not usable, for the one stderr line */
-	const char *file;         /* the configuration file read, or NULL */
-	struct conf_tls tls;      /* global TLS settings (unmatched destinations) */
+	bool usable;         /* false: refuse every outbound TCP connection */
+	char error[512];     /* why not usable, for the one stderr line */
+	const char *file;    /* the configuration file read, or NULL */
+	struct conf_tls tls; /* global TLS settings (unmatched destinations) */
 	size_t nrules;
 	struct conf_rule *rules;  /* in order; the first match decides */
 	const char *ca_file;      /* = tls.ca_file (kept for brevity) */

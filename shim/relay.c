@@ -176,13 +176,6 @@ static void stash_take_scratch(struct stash *s, size_t off, size_t len)
 	relay_scratch = NULL;
 }
 
-static void stash_consume(struct stash *s, size_t n)
-{
-	s->off += n;
-	if (s->off == s->len)
-		stash_clear(s);
-}
-
 /*
  * The TLS socket's BIO reports here after each read: a read that returned
  * less than asked for (or nothing) emptied the socket, so the relay need not
@@ -751,14 +744,6 @@ int relay_add(const struct relay_spec *spec)
 	 */
 	c->app_mask = EPOLLIN | EPOLLOUT;
 	c->net_mask = EPOLLIN;
-	/*
-	 * Read-ahead: one recv() takes in a whole record (and whatever follows
-	 * it) instead of a header and then a body.  The BIO callback tells the
-	 * relay when a read emptied the socket (net_bio_cb).
-	 */
-	SSL_set_read_ahead(c->ssl, 1);
-	BIO_set_callback_arg(SSL_get_rbio(c->ssl), (char *)c);
-	BIO_set_callback_ex(SSL_get_rbio(c->ssl), net_bio_cb);
 
 	pthread_mutex_lock(&relay_lock);
 	if (relay_start_locked() != 0) {
@@ -776,6 +761,16 @@ int relay_add(const struct relay_spec *spec)
 		epoll_ctl(relay_epfd, EPOLL_CTL_DEL, c->net_fd, NULL);
 		goto err;
 	}
+	/*
+	 * Read-ahead: one recv() takes in a whole record (and whatever follows
+	 * it) instead of a header and then a body.  The BIO callback tells the
+	 * relay when a read emptied the socket (net_bio_cb).  Set only now that
+	 * nothing can fail: on failure the caller keeps the SSL object as it was.
+	 * The relay thread cannot look at `c` before relay_lock is released.
+	 */
+	SSL_set_read_ahead(c->ssl, 1);
+	BIO_set_callback_arg(SSL_get_rbio(c->ssl), (char *)c);
+	BIO_set_callback_ex(SSL_get_rbio(c->ssl), net_bio_cb);
 	c->next = relay_conns;
 	if (relay_conns != NULL)
 		relay_conns->prev = c;

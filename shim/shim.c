@@ -59,6 +59,33 @@ static void say_config_error(const char *why)
 	log_emit(&ev);
 }
 
+/* Warns once per process about settings that weaken the policy. */
+static void say_insecure_settings(const struct shim_conf *c)
+{
+	static atomic_int said;
+	struct log_event ev;
+	size_t i;
+
+	if (atomic_exchange(&said, 1) != 0)
+		return;
+	if (c->tls.ocsp == OCSP_OFF) {
+		log_event_init(&ev, LOG_WARNING, "insecure_setting");
+		ev.stage = "policy";
+		ev.reason = "ocsp = off: revocation is not checked";
+		log_emit(&ev);
+	}
+	for (i = 0; i < c->nrules; i++) {
+		if (c->rules[i].action != ACTION_TLS || c->rules[i].tls.ocsp != OCSP_OFF ||
+		    c->tls.ocsp == OCSP_OFF)
+			continue;
+		log_event_init(&ev, LOG_WARNING, "insecure_setting");
+		ev.rule = c->rules[i].section;
+		ev.stage = "policy";
+		ev.reason = "ocsp = off: revocation is not checked";
+		log_emit(&ev);
+	}
+}
+
 /* --- connect ---------------------------------------------------------------- */
 
 struct sock_id {
@@ -104,13 +131,14 @@ static void log_failure(const struct tls_failure *why, const struct sockaddr *pe
 	ev.not_after = why->not_after[0] ? why->not_after : NULL;
 	ev.tls = why->tls[0] && strcmp(why->tls, "unknown") != 0 ? why->tls : NULL;
 	ev.alert = why->alert[0] ? why->alert : NULL;
+	ev.ocsp = why->ocsp[0] ? why->ocsp : NULL;
 	ev.elapsed_ms = elapsed_ms;
 	log_emit(&ev);
 }
 
 /* The audit line for a verified connection (log_success = yes). */
 static void log_connected(SSL *ssl, const struct sockaddr *peer, const char *name, const char *rule,
-                          long elapsed_ms)
+                          const char *ocsp, long elapsed_ms)
 {
 	struct tls_failure cert;
 	struct log_event ev;
@@ -134,6 +162,7 @@ static void log_connected(SSL *ssl, const struct sockaddr *peer, const char *nam
 	ev.tls = SSL_get_version(ssl);
 	ev.cipher = SSL_get_cipher_name(ssl);
 	ev.resumed = SSL_session_reused(ssl) ? 1 : 0;
+	ev.ocsp = ocsp[0] ? ocsp : NULL;
 	ev.elapsed_ms = elapsed_ms;
 	log_emit(&ev);
 }
@@ -332,7 +361,7 @@ static int wrap_connect(int fd, const struct sockaddr *addr, socklen_t len,
 	}
 	if (tlsio_handshake(ssl, deadline, &why) != 0)
 		goto refuse;
-	log_connected(ssl, addr, name, rule, tlsio_now_ms() - start);
+	log_connected(ssl, addr, name, rule, why.ocsp, tlsio_now_ms() - start);
 
 	r = hand_to_relay(fd, tcp, ssl, id, fl, fdfl, name);
 	if (r == 0)
@@ -446,6 +475,7 @@ static int shim_connect(int fd, const struct sockaddr *addr, socklen_t len)
 		errno = ECONNREFUSED;
 		return -1;
 	}
+	say_insecure_settings(p->conf);
 	if (names_lookup(addr, namebuf, sizeof(namebuf)))
 		name = namebuf;
 	r = policy_match(p->conf, addr, name, &idx);

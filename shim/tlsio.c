@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
@@ -26,12 +27,16 @@
 #include <string.h>
 #include <time.h>
 
+#define CLIENT_CERT_VERDICT_MS 1000
+
 /* --- the socket BIO ------------------------------------------------------- */
 
 /* What the BIO saw first from the server, to recognise non-TLS peers. */
 struct tlsio_peek {
 	unsigned char first[5];
 	size_t n;
+	unsigned long total; /* bytes received so far */
+	bool cert_requested; /* the server sent a CertificateRequest */
 };
 
 static BIO_METHOD *sock_method;
@@ -64,6 +69,8 @@ static int sock_read(BIO *b, char *buf, int len)
 	while (n < 0 && errno == EINTR);
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		BIO_set_retry_read(b);
+	if (n > 0 && pk != NULL)
+		pk->total += (unsigned long)n;
 	if (n > 0 && pk != NULL && pk->n < sizeof(pk->first)) {
 		size_t take = sizeof(pk->first) - pk->n;
 
@@ -220,8 +227,20 @@ static int verify_chain(X509_STORE_CTX *store, const struct conf_tls *t, struct 
 	STACK_OF(X509) * chain;
 	int i;
 
+	X509 *leaf = X509_STORE_CTX_get0_cert(store);
+
 	X509_STORE_CTX_set_ex_data(store, ex_store_why, why);
 	X509_STORE_CTX_set_verify_cb(store, verify_cb);
+	/*
+	 * The server's own certificate first: OpenSSL checks the name before it
+	 * calls back per certificate, and a v1 or CA certificate would otherwise
+	 * be reported as a name mismatch instead of what it is.
+	 */
+	if (leaf != NULL && X509_get_version(leaf) == X509_VERSION_1)
+		return own_failure(store, why, leaf, 0, "X.509 v1 certificate");
+	if (leaf != NULL && X509_check_ca(leaf) != 0)
+		return own_failure(store, why, leaf, 0,
+		                   "certificate is a CA, not a server certificate");
 	if (X509_verify_cert(store) != 1)
 		return 0;
 	if (t == NULL || t->npins == 0)
@@ -297,6 +316,8 @@ SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen)
 	                              SSL_MODE_ENABLE_PARTIAL_WRITE);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_cert_verify_callback(ctx, ssl_verify_callback, NULL);
+	/* Always ask for a staple (RFC 6066 section 8), whatever the mode. */
+	SSL_CTX_set_tlsext_status_type(ctx, TLSEXT_STATUSTYPE_ocsp);
 	if (t->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, t->ciphers) != 1) {
 		ctx_error(err, errlen, "ciphers = %s: no usable cipher", t->ciphers);
 		goto err;
@@ -330,6 +351,23 @@ SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen)
 			goto err;
 		}
 		X509_VERIFY_PARAM_set_flags(vp, X509_V_FLAG_PARTIAL_CHAIN);
+	}
+	if (t->crl_file != NULL || t->crl_dir != NULL) {
+		X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+		X509_LOOKUP *lk;
+
+		if (t->crl_file != NULL && X509_STORE_load_file(store, t->crl_file) != 1) {
+			ctx_error(err, errlen, "cannot load crl_file %s", t->crl_file);
+			goto err;
+		}
+		if (t->crl_dir != NULL &&
+		    ((lk = X509_STORE_add_lookup(store, X509_LOOKUP_hash_dir())) == NULL ||
+		     X509_LOOKUP_add_dir(lk, t->crl_dir, X509_FILETYPE_PEM) != 1)) {
+			ctx_error(err, errlen, "cannot use crl_dir %s", t->crl_dir);
+			goto err;
+		}
+		X509_VERIFY_PARAM_set_flags(
+		        vp, X509_V_FLAG_CRL_CHECK | (t->crl_chain ? X509_V_FLAG_CRL_CHECK_ALL : 0));
 	}
 	/* RFC 6125 as browsers apply it: SANs only, whole-label wildcards. */
 	X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
@@ -541,6 +579,10 @@ static void failure_init(struct tls_failure *why)
 
 static void alert_cb(const SSL *ssl, int where, int ret)
 {
+	struct tlsio_peek *pk = BIO_get_app_data(SSL_get_rbio(ssl));
+
+	if (pk != NULL && (where & SSL_CB_LOOP) && SSL_get_state(ssl) == TLS_ST_CR_CERT_REQ)
+		pk->cert_requested = true;
 	struct tls_failure *why = SSL_get_ex_data(ssl, ex_verify);
 
 	if (why != NULL && (where & SSL_CB_ALERT) && (where & SSL_CB_READ) && why->alert[0] == '\0')
@@ -559,8 +601,8 @@ static void classify(SSL *ssl, int sslerr, int sys_errno, const struct tlsio_pee
 	unsigned long e = ERR_peek_error();
 	long vr = SSL_get_verify_result(ssl);
 
-	/* Before the server's hello, SSL_get_version() names our offer, not a result. */
-	if (SSL_get0_peer_certificate(ssl) != NULL || why->alert[0] != '\0')
+	/* Before the server's certificate, SSL_get_version() names our offer. */
+	if (SSL_get0_peer_certificate(ssl) != NULL)
 		snprintf(why->tls, sizeof(why->tls), "%s", SSL_get_version(ssl));
 	if (!looks_like_tls(pk)) {
 		why->event = "refused_plaintext";
@@ -574,8 +616,9 @@ static void classify(SSL *ssl, int sslerr, int sys_errno, const struct tlsio_pee
 			why->x509_err = (int)vr;
 			tlsio_describe_cert(SSL_get0_peer_certificate(ssl), why);
 		}
-		snprintf(why->reason, sizeof(why->reason), "%s",
-		         X509_verify_cert_error_string(why->x509_err));
+		if (why->reason[0] == '\0') /* else one of our own checks said why */
+			snprintf(why->reason, sizeof(why->reason), "%s",
+			         X509_verify_cert_error_string(why->x509_err));
 		return;
 	}
 	if (sslerr == SSL_ERROR_SYSCALL || (sslerr == SSL_ERROR_SSL && e == 0)) {
@@ -595,7 +638,8 @@ static void classify(SSL *ssl, int sslerr, int sys_errno, const struct tlsio_pee
 		switch (ERR_GET_REASON(e)) {
 		case SSL_R_UNSUPPORTED_PROTOCOL:
 		case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
-			snprintf(why->reason, sizeof(why->reason), "protocol version not accepted");
+			/* We offer up to the newest version: the server wants an older one. */
+			snprintf(why->reason, sizeof(why->reason), "protocol version too low");
 			break;
 		case SSL_R_WRONG_VERSION_NUMBER:
 		case SSL_R_PACKET_LENGTH_TOO_LONG:
@@ -614,6 +658,210 @@ static void classify(SSL *ssl, int sslerr, int sys_errno, const struct tlsio_pee
 		return;
 	}
 	snprintf(why->reason, sizeof(why->reason), "TLS handshake failed");
+}
+
+/* --- OCSP staples ---------------------------------------------------------- */
+
+/* True when `cert` carries the TLS feature status_request (RFC 7633). */
+static bool must_staple(X509 *cert)
+{
+	ASN1_SEQUENCE_ANY *features = X509_get_ext_d2i(cert, NID_tlsfeature, NULL, NULL);
+	bool found = false;
+	int i;
+
+	for (i = 0; features != NULL && i < sk_ASN1_TYPE_num(features) && !found; i++) {
+		ASN1_TYPE *f = sk_ASN1_TYPE_value(features, i);
+
+		found = f->type == V_ASN1_INTEGER && ASN1_INTEGER_get(f->value.integer) == 5;
+	}
+	sk_ASN1_TYPE_pop_free(features, ASN1_TYPE_free);
+	return found;
+}
+
+static int ocsp_fail(struct tls_failure *why, const char *outcome, const char *fmt,
+                     const char *detail) __attribute__((format(printf, 3, 0)));
+
+static int ocsp_fail(struct tls_failure *why, const char *outcome, const char *fmt,
+                     const char *detail)
+{
+	why->stage = "ocsp";
+	snprintf(why->ocsp, sizeof(why->ocsp), "%s", outcome);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+	snprintf(why->reason, sizeof(why->reason), fmt, detail);
+#pragma GCC diagnostic pop
+	ERR_clear_error();
+	return -1;
+}
+
+/* Finds the single response about `leaf` (issued by `issuer`), whatever hash its CertID uses. */
+static OCSP_SINGLERESP *find_single(OCSP_BASICRESP *basic, X509 *leaf, X509 *issuer)
+{
+	int i;
+
+	for (i = 0; i < OCSP_resp_count(basic); i++) {
+		OCSP_SINGLERESP *single = OCSP_resp_get0(basic, i);
+		const OCSP_CERTID *id = OCSP_SINGLERESP_get0_id(single);
+		ASN1_OBJECT *md_oid = NULL;
+		OCSP_CERTID *mine;
+		const EVP_MD *md;
+		int same;
+
+		if (OCSP_id_get0_info(NULL, &md_oid, NULL, NULL, (OCSP_CERTID *)id) != 1)
+			continue;
+		md = EVP_get_digestbyobj(md_oid);
+		mine = md != NULL ? OCSP_cert_to_id(md, leaf, issuer) : NULL;
+		same = mine != NULL && OCSP_id_cmp(mine, id) == 0;
+		OCSP_CERTID_free(mine);
+		if (same)
+			return single;
+	}
+	return NULL;
+}
+
+/*
+ * Checks the stapled OCSP response of a verified connection against the mode
+ * of `t` (RFC 6960 section 3.2): signed by the issuer or a responder it
+ * delegated to, about this certificate, current within the skew, and good.
+ * Returns 0 to accept, -1 with `why` filled.
+ */
+static int check_staple(SSL *ssl, const struct conf_tls *t, struct tls_failure *why)
+{
+	const unsigned char *der = NULL, *p;
+	STACK_OF(X509) *chain = SSL_get0_verified_chain(ssl);
+	X509 *leaf = SSL_get0_peer_certificate(ssl), *issuer;
+	OCSP_RESPONSE *resp = NULL;
+	OCSP_BASICRESP *basic = NULL;
+	OCSP_SINGLERESP *single;
+	ASN1_GENERALIZEDTIME *this_upd = NULL, *next_upd = NULL;
+	enum conf_ocsp mode = t != NULL ? t->ocsp : OCSP_PREFER;
+	long skew = t != NULL ? t->ocsp_skew_s : 300;
+	bool must = leaf != NULL && must_staple(leaf);
+	time_t now = time(NULL), edge;
+	long len = SSL_get_tlsext_status_ocsp_resp(ssl, &der);
+	int status, reason = -1, rc = -1;
+	unsigned long e;
+
+	if (must)
+		mode = OCSP_REQUIRE; /* RFC 7633: the certificate demands it */
+	if (mode == OCSP_OFF) {
+		why->ocsp[0] = '\0';
+		return 0;
+	}
+	if (der == NULL || len <= 0) {
+		snprintf(why->ocsp, sizeof(why->ocsp), "none");
+		if (mode != OCSP_REQUIRE)
+			return 0;
+		return ocsp_fail(why, "none", "%s",
+		                 must ? "must-staple certificate without OCSP staple"
+		                      : "no OCSP staple");
+	}
+	if (leaf == NULL || chain == NULL || sk_X509_num(chain) < 1)
+		return ocsp_fail(why, "bad:parse", "bad OCSP staple: %s", "no verified chain");
+	issuer = sk_X509_num(chain) > 1 ? sk_X509_value(chain, 1) : leaf;
+	p = der;
+	resp = d2i_OCSP_RESPONSE(NULL, &p, len);
+	if (resp == NULL || p != der + len)
+		return (OCSP_RESPONSE_free(resp),
+		        ocsp_fail(why, "bad:parse", "bad OCSP staple: %s", "cannot be parsed"));
+	if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+		ocsp_fail(why, "bad:status", "bad OCSP staple: responder said %s",
+		          OCSP_response_status_str(OCSP_response_status(resp)));
+		goto out;
+	}
+	basic = OCSP_response_get1_basic(resp);
+	if (basic == NULL) {
+		ocsp_fail(why, "bad:parse", "bad OCSP staple: %s", "no basic response");
+		goto out;
+	}
+	/*
+	 * The signer must chain to our anchors and be the issuer or carry
+	 * id-kp-OCSPSigning from it; the server's chain may supply it.
+	 */
+	if (OCSP_basic_verify(basic, chain, SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)), 0) != 1) {
+		e = ERR_peek_last_error();
+		if (ERR_GET_LIB(e) == ERR_LIB_OCSP && ERR_GET_REASON(e) == OCSP_R_SIGNATURE_FAILURE)
+			ocsp_fail(why, "bad:signature", "bad OCSP staple: %s",
+			          "signature does not verify");
+		else
+			ocsp_fail(why, "bad:signer", "bad OCSP staple: %s",
+			          e != 0 && ERR_reason_error_string(e) != NULL
+			                  ? ERR_reason_error_string(e)
+			                  : "signer not authorised");
+		goto out;
+	}
+	single = find_single(basic, leaf, issuer);
+	if (single == NULL) {
+		ocsp_fail(why, "bad:serial", "bad OCSP staple: %s", "not about this certificate");
+		goto out;
+	}
+	status = OCSP_single_get0_status(single, &reason, NULL, &this_upd, &next_upd);
+	edge = now + skew;
+	if (this_upd == NULL || X509_cmp_time(this_upd, &edge) > 0) {
+		ocsp_fail(why, "bad:future", "bad OCSP staple: %s", "thisUpdate is in the future");
+		goto out;
+	}
+	edge = now - skew;
+	if (next_upd != NULL && X509_cmp_time(next_upd, &edge) < 0) {
+		ocsp_fail(why, "bad:stale", "bad OCSP staple: %s", "nextUpdate has passed");
+		goto out;
+	}
+	if (status == V_OCSP_CERTSTATUS_GOOD) {
+		snprintf(why->ocsp, sizeof(why->ocsp), "good");
+		rc = 0;
+	} else if (status == V_OCSP_CERTSTATUS_REVOKED) {
+		char text[80];
+
+		snprintf(text, sizeof(text), "revoked (%s)",
+		         reason >= 0 ? OCSP_crl_reason_str(reason) : "unspecified");
+		ocsp_fail(why, "revoked", "%s", text);
+	} else {
+		ocsp_fail(why, "unknown", "%s", "OCSP status unknown");
+	}
+out:
+	OCSP_BASICRESP_free(basic);
+	OCSP_RESPONSE_free(resp);
+	return rc;
+}
+
+/*
+ * TLS 1.3 ends the client's handshake before the server has looked at the
+ * client certificate it asked for (RFC 8446 section 4.4.2): a rejection
+ * arrives as an alert afterwards.  So that connect() does not report success
+ * for a connection the server is about to refuse, wait, briefly and within
+ * the deadline, for the server's first record: a session ticket (accepted)
+ * or an alert (refused).  A server that sends neither within the bound is
+ * taken as accepting.  Returns 0, or -1 with `why` filled.
+ */
+static int await_client_cert_verdict(SSL *ssl, int fd, long deadline_ms, struct tlsio_peek *pk,
+                                     struct tls_failure *why)
+{
+	long until = tlsio_now_ms() + CLIENT_CERT_VERDICT_MS;
+	unsigned long seen = pk->total;
+	char b;
+
+	if (until > deadline_ms)
+		until = deadline_ms;
+	for (;;) {
+		int r, err;
+
+		ERR_clear_error();
+		errno = 0;
+		r = SSL_peek(ssl, &b, 1);
+		if (r > 0)
+			return 0;
+		err = SSL_get_error(ssl, r);
+		if (err == SSL_ERROR_ZERO_RETURN)
+			return 0; /* closed cleanly; the relay passes the EOF on */
+		if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+			classify(ssl, err, errno, pk, why);
+			return -1;
+		}
+		if (pk->total > seen)
+			return 0; /* a record other than an alert: the server went on */
+		if (tlsio_wait(fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, until) <= 0)
+			return 0;
+	}
 }
 
 int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
@@ -635,6 +883,19 @@ int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
 		r = SSL_connect(ssl);
 		if (r == 1) {
 			rc = 0;
+			if (pk.cert_requested && SSL_version(ssl) >= TLS1_3_VERSION &&
+			    await_client_cert_verdict(ssl, fd, deadline_ms, &pk, why) != 0) {
+				rc = -1;
+				errno = ECONNREFUSED;
+			} else if (check_staple(
+			                   ssl,
+			                   SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_ctx_tls),
+			                   why) != 0) {
+				tlsio_describe_cert(SSL_get0_peer_certificate(ssl), why);
+				snprintf(why->tls, sizeof(why->tls), "%s", SSL_get_version(ssl));
+				rc = -1;
+				errno = ECONNREFUSED;
+			}
 			break;
 		}
 		sys_errno = errno;

@@ -26,6 +26,7 @@ struct tls_failure {
 	char not_after[32];
 	char tls[16];
 	char alert[64];
+	char ocsp[48]; /* good, revoked, unknown, none, bad:<why>, or "" when off */
 };
 
 struct conf_tls;

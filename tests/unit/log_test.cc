@@ -20,7 +20,6 @@
 #include <cstring>
 #include <map>
 #include <random>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -209,17 +208,30 @@ struct Msg {
 // Parses "<PRI>Mmm dd hh:mm:ss IDENT[PID]: BODY"; pri -1 when it is not that.
 Msg parse(const std::string &m)
 {
-	static const std::regex re(
-	        R"(^<([0-9]{1,3})>[A-Z][a-z]{2} [ 123][0-9] [0-2][0-9]:[0-5][0-9]:[0-6][0-9] )"
-	        R"(([A-Za-z0-9_.-]+)\[([0-9]+)\]: (.*)$)");
-	std::smatch sm;
 	Msg out;
-	if (std::regex_match(m, sm, re)) {
-		out.pri = std::stoi(sm[1]);
-		out.ident = sm[2];
-		out.pid = std::stol(sm[3]);
-		out.body = sm[4];
-	}
+	int pri = -1, day = 0, hh = 0, mm = 0, ss = 0, used = 0;
+	char mon[4] = "";
+	if (sscanf(m.c_str(), "<%3d>%3[A-Za-z] %2d %2d:%2d:%2d %n", &pri, mon, &day, &hh, &mm, &ss,
+	           &used) != 6 ||
+	    used != static_cast<int>(strlen("<1>Jan  1 00:00:00 ")) + (pri > 9) + (pri > 99) ||
+	    strlen(mon) != 3 || day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 60)
+		return out;
+	size_t open = m.find('[', static_cast<size_t>(used));
+	size_t close = m.find("]: ", static_cast<size_t>(used));
+	if (open == std::string::npos || close == std::string::npos || close < open ||
+	    open == static_cast<size_t>(used))
+		return out;
+	std::string ident = m.substr(static_cast<size_t>(used), open - static_cast<size_t>(used));
+	std::string pid = m.substr(open + 1, close - open - 1);
+	if (ident.find_first_not_of(
+	            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") !=
+	            std::string::npos ||
+	    pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos)
+		return out;
+	out.pri = pri;
+	out.ident = ident;
+	out.pid = std::stol(pid);
+	out.body = m.substr(close + 3);
 	return out;
 }
 
