@@ -140,3 +140,8 @@ clean:
 
 .PHONY: all certs test test-unit test-inproc test-e2e fuzz lint format demo clean
 .DELETE_ON_ERROR:
+
+# Benchmark against stunnel, socat and in-process OpenSSL (docs/performance.md).
+.PHONY: bench
+bench: all
+	bash bench/run.sh

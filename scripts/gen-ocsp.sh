@@ -37,6 +37,8 @@
 #   mustaple-good.der mustaple.pem good
 #   ca-signed.der     good.pem good, signed by ca itself (no certs included):
 #                     a valid staple without a delegated responder
+#   revoked-but-good.der  revoked.pem good (a responder that has not heard
+#                     of the revocation yet), for the CRL-and-OCSP case
 # Bad staples, all meant to be served with good.pem:
 #   bad-signer.der        good status, signed by rogue-responder (other-ca)
 #   bad-signer-noeku.der  good status, signed by noeku-responder (issued by
@@ -300,6 +302,16 @@ openssl ocsp -index "$out/index.txt" -CA "$certs/partner-ca.pem" \
   -issuer "$certs/partner-ca.pem" -serial "0x${good_serial#serial=}" -no_nonce -ndays 1 \
   -respout "$out/bad-issuer.der" >>"$log" 2>&1 || fail "response bad-issuer"
 respond no-certs       "$out/good.pem" -resp_no_certs
+# revoked-but-good.der: what a responder that has not heard of the
+# revocation says (index.txt with revoked.pem's line marked valid).
+rserial=$(openssl x509 -noout -serial -in "$out/revoked.pem") || fail "serial of revoked.pem"
+awk -F'\t' -v s="${rserial#serial=}" 'BEGIN { OFS = "\t" } $4 == s { $1 = "V"; $3 = "" } { print }' \
+  "$out/index.txt" >"$work/stale-index.txt"
+cp "$out/index.txt.attr" "$work/stale-index.txt.attr"
+openssl ocsp -index "$work/stale-index.txt" -CA "$certs/ca.pem" \
+  -rsigner "$out/responder.pem" -rkey "$out/responder.key" \
+  -issuer "$certs/ca.pem" -cert "$out/revoked.pem" -no_nonce -ndays 1 \
+  -respout "$out/revoked-but-good.der" >>"$log" 2>&1 || fail "response revoked-but-good"
 faketime -f '-3d' \
   openssl ocsp -index "$out/index.txt" -CA "$certs/ca.pem" \
   -rsigner "$out/responder.pem" -rkey "$out/responder.key" \
@@ -383,6 +395,8 @@ expect revoked.der "Reason: keyCompromise" \
 expect revoked.der "$ok" "$(status revoked.pem revoked.der -CAfile "$certs/ca.pem")"
 expect unknown.der "$out/unknown.pem: unknown" \
   "$(status unknown.pem unknown.der -CAfile "$certs/ca.pem")"
+expect revoked-but-good.der "$out/revoked.pem: good" \
+  "$(status revoked.pem revoked-but-good.der -CAfile "$certs/ca.pem")"
 expect mustaple-good.der "$out/mustaple.pem: good" \
   "$(status mustaple.pem mustaple-good.der -CAfile "$certs/ca.pem")"
 expect ca-signed.der "$ok" "$(status good.pem ca-signed.der -CAfile "$certs/ca.pem")"

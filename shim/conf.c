@@ -510,6 +510,19 @@ static void global_key(struct loader *ld, struct tls_set *set, const char *key, 
 {
 	struct shim_conf *c = ld->c;
 
+	/*
+	 * In [tlsshim], cert/key name the inbound server certificate (inbound
+	 * mode); the client certificate for every destination is client_cert.
+	 */
+	if (strcmp(key, "cert") == 0 || strcmp(key, "key") == 0) {
+		fail(ld, "[tlsshim] %s: cert/key here are the inbound (server) certificate, and "
+		         "inbound mode is not in this build; for a client certificate use "
+		         "client_cert/client_key, or cert/key in a rule",
+		     key);
+		return;
+	}
+	if (strcmp(key, "client_cert") == 0 || strcmp(key, "client_key") == 0)
+		key += strlen("client_");
 	if (tls_key(ld, "[tlsshim]", &c->tls, set, key, value))
 		return;
 	if (strcmp(key, "handshake_timeout") == 0) {
@@ -703,7 +716,7 @@ static void load_file(struct loader *ld)
 		global_key(ld, &set, v->name, v->value, &ld->rules_section);
 	}
 	if (!ld->failed && (ld->c->tls.cert == NULL) != (ld->c->tls.key == NULL))
-		fail(ld, "[tlsshim]: cert and key go together");
+		fail(ld, "[tlsshim]: client_cert and client_key go together");
 }
 
 /* Second pass, after the environment's overrides: the rules, in order. */

@@ -584,9 +584,9 @@ EOF
   assert_output_has "CN=test-client"
 }
 
-@test "mTLS: cert and key in [tlsshim] are sent to every destination" {
+@test "mTLS: client_cert and client_key in [tlsshim] are sent to every destination" {
   local conf
-  conf=$(global_conf global "cert = $CERTS/client.pem" "key = $CERTS/client.key")
+  conf=$(global_conf global "client_cert = $CERTS/client.pem" "client_key = $CERTS/client.key")
   start_s_server "$port" server -www -Verify 1 -CAfile "$CERTS/ca.pem"
   curl_ok "$conf" "$port"
   assert_output_has "CN=test-client"

@@ -328,8 +328,10 @@ INSTANTIATE_TEST_SUITE_P(
                           rule_hdr + "match=*\naction=tls\ncert=/nonexistent.pem\n"
                                      "key=/nonexistent.key\n",
                           "cert = /nonexistent.pem"},
-                ErrorCase{"cert without key", "cert=" + cert_path("client.pem") + "\n",
-                          "cert and key go together"},
+                ErrorCase{"cert without key", "client_cert=" + cert_path("client.pem") + "\n",
+                          "client_cert and client_key go together"},
+                ErrorCase{"inbound cert in [tlsshim]", "cert=" + cert_path("server.pem") + "\n",
+                          "inbound mode is not in this build"},
                 ErrorCase{"key not matching cert",
                           rule_hdr + "match=*\naction=tls\ncert=" + cert_path("client.pem") +
                                   "\nkey=" + cert_path("server.key") + "\n",
