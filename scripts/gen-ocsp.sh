@@ -54,7 +54,12 @@
 #                         changed (the responder certificate is included)
 #   stale.der             good, thisUpdate 3 days ago, nextUpdate 2 days ago
 #   future.der            good, thisUpdate in 1 day, nextUpdate in 2 days
-#   garbage.der           300 random bytes (not DER)
+#   garbage.der           300 random bytes (not DER). For unit tests: no
+#                         stock server staples it (s_server and nginx parse
+#                         the file first and fail)
+#   garbage-inner.der     a well-formed, successful OCSPResponse envelope
+#                         whose BasicOCSPResponse is 300 random bytes: the
+#                         garbage a server does pass on
 #   no-certs.der          good, signed by responder.pem, -resp_no_certs: the
 #                         client cannot find the signer
 #   trylater.der          an OCSPResponse with responseStatus tryLater (3)
@@ -350,6 +355,15 @@ for _ in 1 2 3 4 5; do
   head -c 300 /dev/urandom >"$out/garbage.der"
   openssl ocsp -respin "$out/garbage.der" -resp_text -noverify >/dev/null 2>&1 || break
 done
+# garbage-inner.der: a well-formed OCSPResponse (successful, responseType
+# id-pkix-ocsp-basic) whose BasicOCSPResponse is 300 random bytes. Servers
+# parse their staple file (s_server per handshake, nginx at start) and will
+# not send garbage.der; this one they send as it is.
+{
+  printf '\x30\x82\x01\x46\x0a\x01\x00\xa0\x82\x01\x3f\x30\x82\x01\x3b'
+  printf '\x06\x09\x2b\x06\x01\x05\x05\x07\x30\x01\x01\x04\x82\x01\x2c'
+  head -c 300 /dev/urandom
+} >"$out/garbage-inner.der"
 chmod 644 "$out"/*.der
 
 # --- CRLs -------------------------------------------------------------------
@@ -423,6 +437,7 @@ expect no-certs.der "$ok" \
 expect stale.der "status expired" "$(status good.pem stale.der -CAfile "$certs/ca.pem")"
 expect future.der "status not yet valid" "$(status good.pem future.der -CAfile "$certs/ca.pem")"
 expect garbage.der "Error reading OCSP response" "$(status good.pem garbage.der -noverify)"
+expect garbage-inner.der "Error parsing response" "$(status good.pem garbage-inner.der -noverify)"
 expect trylater.der "Responder Error: trylater" "$(status good.pem trylater.der -noverify)"
 expect crl.pem "Key Compromise" "$(openssl crl -noout -text -in "$out/crl.pem" 2>&1)"
 openssl verify -crl_check -CAfile "$certs/ca.pem" -CRLfile "$out/crl.pem" \

@@ -12,7 +12,7 @@ pkgs=(
   libgtest-dev googletest bats clang-format clang-tidy cppcheck
   curl wget netcat-openbsd python3 nginx-light redis-server redis-tools
   tcpdump iproute2 procps psmisc file libcap2-bin rsyslog faketime
-  ca-certificates clang libclang-rt-14-dev
+  ca-certificates clang libclang-rt-14-dev sslscan
 )
 
 for arg in "$@"; do

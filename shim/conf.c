@@ -32,7 +32,7 @@
 
 #define DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
 #define DEFAULT_REPEAT_WINDOW_MS     10000
-#define DEFAULT_OCSP_SKEW_S 300
+#define DEFAULT_OCSP_SKEW_S          300
 #define DEFAULT_CONFIG_FILE          "/etc/tlsshim/tlsshim.conf"
 #define TLS12                        0x0303
 #define TLS13                        0x0304
@@ -323,9 +323,10 @@ int conf_parse_match(const char *text, struct conf_match *m, char *err, size_t e
 struct loader {
 	struct shim_conf *c;
 	const char *file;
-	CONF *nc;                  /* the parsed file, between the two passes */
-	const char *rules_section; /* [tlsshim] rules = ... */
-	char dir[PATH_MAX];        /* the file's directory, for relative paths */
+	CONF *nc;                    /* the parsed file, between the two passes */
+	const char *rules_section;   /* [tlsshim] rules = ... */
+	const char *inbound_section; /* [tlsshim] inbound = ... */
+	char dir[PATH_MAX];          /* the file's directory, for relative paths */
 	bool failed;
 };
 
@@ -511,14 +512,33 @@ static void global_key(struct loader *ld, struct tls_set *set, const char *key, 
 	struct shim_conf *c = ld->c;
 
 	/*
-	 * In [tlsshim], cert/key name the inbound server certificate (inbound
-	 * mode); the client certificate for every destination is client_cert.
+	 * In [tlsshim], cert/key are the inbound server certificate for listeners
+	 * no inbound section matches; the outbound client certificate for every
+	 * destination is client_cert/client_key.
 	 */
 	if (strcmp(key, "cert") == 0 || strcmp(key, "key") == 0) {
-		fail(ld, "[tlsshim] %s: cert/key here are the inbound (server) certificate, and "
-		         "inbound mode is not in this build; for a client certificate use "
-		         "client_cert/client_key, or cert/key in a rule",
-		     key);
+		const char *p = keep_path(ld, value);
+
+		if (p == NULL) {
+			fail(ld, "[tlsshim] %s: path too long", key);
+			return;
+		}
+		check_readable(ld, "[tlsshim]", key, p, false);
+		replace(key[0] == 'c' ? &c->inbound_dft.cert : &c->inbound_dft.key, p);
+		return;
+	}
+	if (strcmp(key, "inbound") == 0) {
+		ld->inbound_section = value;
+		return;
+	}
+	if (strcmp(key, "inbound_default") == 0) {
+		if (strcasecmp(value, "tls") == 0)
+			c->inbound_dft.action = ACTION_TLS;
+		else if (strcasecmp(value, "plaintext") == 0)
+			c->inbound_dft.action = ACTION_PLAINTEXT;
+		else
+			fail(ld, "[tlsshim] inbound_default = %s: expected tls or plaintext",
+			     value);
 		return;
 	}
 	if (strcmp(key, "client_cert") == 0 || strcmp(key, "client_key") == 0)
@@ -719,6 +739,217 @@ static void load_file(struct loader *ld)
 		fail(ld, "[tlsshim]: client_cert and client_key go together");
 }
 
+struct list_ctx {
+	struct conf_match **arr;
+	size_t *n;
+	bool cidr_only;
+	char err[160];
+	const char *bad;
+};
+
+static int add_to_list(void *arg, const char *item)
+{
+	struct list_ctx *lc = arg;
+	struct conf_match *grown;
+
+	if (*lc->n >= MAX_MATCHES) {
+		snprintf(lc->err, sizeof(lc->err), "more than %d patterns", MAX_MATCHES);
+		lc->bad = item;
+		return -1;
+	}
+	grown = realloc(*lc->arr, (*lc->n + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return -1;
+	*lc->arr = grown;
+	if (conf_parse_match(item, &grown[*lc->n], lc->err, sizeof(lc->err)) != 0 ||
+	    (lc->cidr_only && grown[*lc->n].kind != MATCH_ADDR) ||
+	    grown[*lc->n].kind == MATCH_NAME || grown[*lc->n].kind == MATCH_SUFFIX) {
+		if (lc->err[0] == '\0')
+			snprintf(lc->err, sizeof(lc->err), "%s",
+			         lc->cidr_only ? "expected an address or CIDR"
+			                       : "expected address:port, [address]:port or *:port");
+		lc->bad = item;
+		return -1;
+	}
+	(*lc->n)++;
+	return 0;
+}
+
+struct ident_ctx {
+	struct conf_inbound *in;
+	const char *bad;
+};
+
+static int add_ident(void *arg, const char *item)
+{
+	struct ident_ctx *ic = arg;
+	char **grown;
+
+	if ((strncmp(item, "CN=", 3) != 0 && strncmp(item, "DNS:", 4) != 0) ||
+	    item[item[0] == 'C' ? 3 : 4] == '\0' || ic->in->nallow_client >= MAX_MATCHES) {
+		ic->bad = item;
+		return -1;
+	}
+	grown = realloc(ic->in->allow_client, (ic->in->nallow_client + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return -1;
+	ic->in->allow_client = grown;
+	grown[ic->in->nallow_client] = strdup(item);
+	if (grown[ic->in->nallow_client] == NULL)
+		return -1;
+	ic->in->nallow_client++;
+	return 0;
+}
+
+static int parse_client_cert(const char *v, enum conf_client_cert *out)
+{
+	if (strcasecmp(v, "none") == 0)
+		*out = CLIENT_CERT_NONE;
+	else if (strcasecmp(v, "optional") == 0)
+		*out = CLIENT_CERT_OPTIONAL;
+	else if (strcasecmp(v, "require") == 0)
+		*out = CLIENT_CERT_REQUIRE;
+	else
+		return -1;
+	return 0;
+}
+
+static void inbound_path(struct loader *ld, const char *where, struct conf_inbound *in,
+                         const char *k, const char *value)
+{
+	const char *p = keep_path(ld, value);
+
+	if (p == NULL) {
+		fail(ld, "%s %s: path too long", where, k);
+		return;
+	}
+	check_readable(ld, where, k, p, false);
+	replace(strcmp(k, "cert") == 0        ? &in->cert
+	        : strcmp(k, "key") == 0       ? &in->key
+	        : strcmp(k, "client_ca") == 0 ? &in->client_ca
+	                                      : &in->ocsp_response_file,
+	        p);
+}
+
+static void inbound_list(struct loader *ld, const char *where, struct conf_inbound *in,
+                         const char *k, const char *value)
+{
+	bool listen = k[0] == 'l';
+	struct list_ctx lc = {listen ? &in->listen : &in->allow_from,
+	                      listen ? &in->nlisten : &in->nallow, !listen, "", NULL};
+	char *copy = strdup(value);
+
+	if (copy == NULL || each_item(copy, add_to_list, &lc) != 0)
+		fail(ld, "%s %s: \"%s\": %s", where, k, lc.bad ? lc.bad : value,
+		     lc.err[0] ? lc.err : "empty pattern");
+	free(copy);
+}
+
+static void inbound_check(struct loader *ld, const char *where, struct conf_inbound *in)
+{
+	if (in->nlisten == 0)
+		fail(ld, "%s has no listen", where);
+	else if (in->action == ACTION_PLAINTEXT && (in->cert || in->key || in->client_ca ||
+	                                            in->nallow_client || in->ocsp_response_file))
+		fail(ld, "%s: action plaintext takes no TLS settings", where);
+	else if ((in->cert == NULL) != (in->key == NULL))
+		fail(ld, "%s: cert and key go together", where);
+	else if (in->client_cert != CLIENT_CERT_NONE && in->client_ca == NULL)
+		fail(ld, "%s: client_cert = %s needs client_ca", where,
+		     in->client_cert == CLIENT_CERT_REQUIRE ? "require" : "optional");
+	else if (in->nallow_client > 0 && in->client_cert == CLIENT_CERT_NONE)
+		fail(ld, "%s: allow_client needs client_cert = optional or require", where);
+}
+
+static void load_inbound(struct loader *ld, const char *section, struct conf_inbound *in)
+{
+	STACK_OF(CONF_VALUE) *sect = NCONF_get_section(ld->nc, section);
+	char where[96];
+	int i;
+
+	snprintf(where, sizeof(where), "[%.80s]", section);
+	in->section = strdup(section);
+	in->action = ACTION_TLS;
+	in->min_protocol = TLS12;
+	if (sect == NULL) {
+		fail(ld, "inbound section [%s] does not exist", section);
+		return;
+	}
+	for (i = 0; i < sk_CONF_VALUE_num(sect) && !ld->failed; i++) {
+		const CONF_VALUE *v = sk_CONF_VALUE_value(sect, i);
+		const char *k = v->name;
+
+		if (strcmp(k, "listen") == 0 || strcmp(k, "allow_from") == 0) {
+			inbound_list(ld, where, in, k, v->value);
+		} else if (strcmp(k, "action") == 0) {
+			if (parse_action(v->value, &in->action) != 0 || in->action == ACTION_DENY)
+				fail(ld, "%s action = %s: expected tls or plaintext", where,
+				     v->value);
+		} else if (strcmp(k, "cert") == 0 || strcmp(k, "key") == 0 ||
+		           strcmp(k, "client_ca") == 0 || strcmp(k, "ocsp_response_file") == 0) {
+			inbound_path(ld, where, in, k, v->value);
+		} else if (strcmp(k, "client_cert") == 0) {
+			if (parse_client_cert(v->value, &in->client_cert) != 0)
+				fail(ld, "%s client_cert = %s: expected none, optional or require",
+				     where, v->value);
+		} else if (strcmp(k, "allow_client") == 0) {
+			struct ident_ctx ic = {in, NULL};
+			char *copy = strdup(v->value);
+
+			if (copy == NULL || each_item(copy, add_ident, &ic) != 0)
+				fail(ld,
+				     "%s allow_client: \"%s\": expected CN=pattern or DNS:pattern",
+				     where, ic.bad ? ic.bad : v->value);
+			free(copy);
+		} else if (strcmp(k, "min_protocol") == 0) {
+			if (parse_protocol(v->value, &in->min_protocol) != 0)
+				fail(ld, "%s min_protocol = %s: expected TLSv1.2 or TLSv1.3", where,
+				     v->value);
+		} else if (strcmp(k, "ciphers") == 0) {
+			replace(&in->ciphers, strdup(v->value));
+		} else if (strcmp(k, "ciphersuites") == 0) {
+			replace(&in->ciphersuites, strdup(v->value));
+		} else {
+			fail(ld, "%s unknown key \"%s\"", where, k);
+		}
+	}
+	if (!ld->failed)
+		inbound_check(ld, where, in);
+	if (!ld->failed && in->action == ACTION_TLS && in->cert == NULL) {
+		/* The global certificate serves sections that name none. */
+		in->cert = ld->c->inbound_dft.cert;
+		in->key = ld->c->inbound_dft.key;
+	}
+}
+
+static void load_inbounds(struct loader *ld)
+{
+	STACK_OF(CONF_VALUE) * list;
+	int i, n;
+
+	if (ld->inbound_section == NULL)
+		return;
+	list = NCONF_get_section(ld->nc, ld->inbound_section);
+	if (list == NULL) {
+		fail(ld, "[tlsshim] inbound = %s: no such section", ld->inbound_section);
+		return;
+	}
+	n = sk_CONF_VALUE_num(list);
+	if (n > MAX_RULES) {
+		fail(ld, "[%s]: more than %d inbound sections", ld->inbound_section, MAX_RULES);
+		return;
+	}
+	ld->c->inbound = calloc((size_t)(n > 0 ? n : 1), sizeof(struct conf_inbound));
+	if (ld->c->inbound == NULL) {
+		fail(ld, "out of memory");
+		return;
+	}
+	for (i = 0; i < n && !ld->failed; i++) {
+		load_inbound(ld, sk_CONF_VALUE_value(list, i)->value, &ld->c->inbound[i]);
+		ld->c->ninbound = (size_t)i + 1;
+	}
+}
+
 /* Second pass, after the environment's overrides: the rules, in order. */
 static void load_rules(struct loader *ld)
 {
@@ -797,13 +1028,15 @@ static void load_env(struct loader *ld)
 
 int conf_load(struct shim_conf *c, const char *file)
 {
-	struct loader ld = {c, NULL, NULL, NULL, "", false};
+	struct loader ld = {c, NULL, NULL, NULL, NULL, "", false};
 
 	memset(c, 0, sizeof(*c));
 	c->usable = true;
 	c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
 	c->tls.min_protocol = TLS12;
 	c->tls.ocsp = OCSP_PREFER;
+	c->inbound_dft.action = ACTION_TLS;
+	c->inbound_dft.min_protocol = TLS12;
 	c->tls.ocsp_skew_s = DEFAULT_OCSP_SKEW_S;
 	snprintf(c->log_socket, sizeof(c->log_socket), "/dev/log");
 	c->log_facility = LOG_AUTHPRIV;
@@ -825,6 +1058,10 @@ int conf_load(struct shim_conf *c, const char *file)
 	ld.file = c->file;
 	if (ld.nc != NULL && !ld.failed)
 		load_rules(&ld);
+	if (ld.nc != NULL && !ld.failed)
+		load_inbounds(&ld);
+	if (!ld.failed && (c->inbound_dft.cert == NULL) != (c->inbound_dft.key == NULL))
+		fail(&ld, "[tlsshim]: cert and key go together");
 	NCONF_free(ld.nc);
 	c->ca_file = c->tls.ca_file;
 	c->ca_dir = c->tls.ca_dir;
@@ -851,6 +1088,26 @@ static void free_tls(struct conf_tls *t, const struct conf_tls *shared)
 	}
 }
 
+static void free_inbound(struct conf_inbound *in, const struct conf_inbound *dft)
+{
+	size_t i;
+
+	free((void *)(uintptr_t)in->section);
+	free(in->listen);
+	free(in->allow_from);
+	for (i = 0; i < in->nallow_client; i++)
+		free(in->allow_client[i]);
+	free(in->allow_client);
+	if (in == dft || in->cert != dft->cert)
+		free((void *)(uintptr_t)in->cert);
+	if (in == dft || in->key != dft->key)
+		free((void *)(uintptr_t)in->key);
+	free((void *)(uintptr_t)in->client_ca);
+	free((void *)(uintptr_t)in->ciphers);
+	free((void *)(uintptr_t)in->ciphersuites);
+	free((void *)(uintptr_t)in->ocsp_response_file);
+}
+
 void conf_free(struct shim_conf *c)
 {
 	size_t i;
@@ -863,6 +1120,10 @@ void conf_free(struct shim_conf *c)
 	}
 	/* A rule that failed half way is counted too (nrules is set before it loads). */
 	free(c->rules);
+	for (i = 0; c->inbound != NULL && i < c->ninbound; i++)
+		free_inbound(&c->inbound[i], &c->inbound_dft);
+	free(c->inbound);
+	free_inbound(&c->inbound_dft, &c->inbound_dft);
 	free_tls(&c->tls, &c->tls);
 	free((void *)(uintptr_t)c->file);
 	memset(c, 0, sizeof(*c));

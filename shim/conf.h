@@ -65,23 +65,48 @@ struct conf_rule {
 	struct conf_tls tls;
 };
 
+enum conf_client_cert { CLIENT_CERT_NONE, CLIENT_CERT_OPTIONAL, CLIENT_CERT_REQUIRE };
+
+/* One inbound section: how the program's matching listeners are served. */
+struct conf_inbound {
+	const char *section;
+	size_t nlisten;
+	struct conf_match *listen; /* the listening socket's local address:port */
+	enum conf_action action;   /* tls or plaintext */
+	const char *cert;          /* server certificate chain (PEM) */
+	const char *key;
+	size_t nallow;
+	struct conf_match *allow_from; /* sources admitted; none set: any */
+	const char *client_ca;         /* anchors for client certificates, or NULL */
+	enum conf_client_cert client_cert;
+	size_t nallow_client;
+	char **allow_client; /* "CN=glob" / "DNS:glob" identity patterns */
+	int min_protocol;
+	const char *ciphers;
+	const char *ciphersuites;
+	const char *ocsp_response_file; /* DER response to staple, kept fresh by the operator */
+};
+
 struct shim_conf {
 	bool usable;         /* false: refuse every outbound TCP connection */
 	char error[512];     /* why not usable, for the one stderr line */
 	const char *file;    /* the configuration file read, or NULL */
 	struct conf_tls tls; /* global TLS settings (unmatched destinations) */
 	size_t nrules;
-	struct conf_rule *rules;  /* in order; the first match decides */
-	const char *ca_file;      /* = tls.ca_file (kept for brevity) */
-	const char *ca_dir;       /* = tls.ca_dir */
-	int handshake_timeout_ms; /* bounds TCP connect + TLS handshake */
-	bool log_stderr;          /* copy each log line to standard error */
-	bool log_success;         /* also log every successful connection (audit) */
-	char log_socket[108];     /* syslog datagram socket, default /dev/log */
-	int log_facility;         /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
-	char log_ident[33];       /* syslog tag, default "tlsshim" */
-	int log_repeat_window_ms; /* identical failures folded within this window */
-	bool debug;               /* debug chatter on standard error */
+	struct conf_rule *rules; /* in order; the first match decides */
+	size_t ninbound;
+	struct conf_inbound *inbound;    /* in order; the first listen match decides */
+	struct conf_inbound inbound_dft; /* listeners no section matches */
+	const char *ca_file;             /* = tls.ca_file (kept for brevity) */
+	const char *ca_dir;              /* = tls.ca_dir */
+	int handshake_timeout_ms;        /* bounds TCP connect + TLS handshake */
+	bool log_stderr;                 /* copy each log line to standard error */
+	bool log_success;                /* also log every successful connection (audit) */
+	char log_socket[108];            /* syslog datagram socket, default /dev/log */
+	int log_facility;                /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
+	char log_ident[33];              /* syslog tag, default "tlsshim" */
+	int log_repeat_window_ms;        /* identical failures folded within this window */
+	bool debug;                      /* debug chatter on standard error */
 };
 
 /*

@@ -31,8 +31,12 @@
  *    could report those lines dropped, and they may be more than a short
  *    daemon queue holds, the exit flush alone waits for room in the queue,
  *    LOG_EXIT_WAIT_MS at most in all;
- *  - when all slots are busy, the one whose window opened first is closed
- *    early: its count is sent then, and the slot reused.
+ *  - when all slots are busy, a window that has folded nothing for a tenth
+ *    of the window gives way to the new key; otherwise the new key's lines
+ *    are sent unfolded until a slot frees up (at most a window later).  So
+ *    with more than FOLD_SLOTS distinct failures repeating at once, FOLD_SLOTS
+ *    of them are folded and the others sent as they come: never lost, never
+ *    waited for.
  * So a count is never discarded while the process lives: it is delayed at
  * most until the process logs again or exits.  It is lost only with the
  * process itself (killed by a signal, _exit(), exec) or, like any line, when
@@ -573,26 +577,34 @@ static struct fold_slot *fold_find_locked(struct log_chan *c, const char *key, u
 }
 
 /*
- * Caller holds the lock.  Opens a window for `key` at `now_ms`; when every
- * slot is busy, the oldest window is closed early (its count sent now).
+ * Caller holds the lock.  Opens a window for `key` at `now_ms` in a free
+ * slot, or else in place of the oldest window that has folded nothing for a
+ * tenth of the window (a key seen once, with no count to report).  Windows
+ * with a count, and young ones, are kept: a loop over more keys than slots
+ * would otherwise evict each key before it came round again, and fold
+ * nothing at all.  When nothing can give way, no window is opened and the
+ * line is sent unfolded.
  */
 static void fold_open_locked(struct log_chan *c, const char *key, uint64_t hash, int severity,
                              long long now_ms)
 {
-	size_t i, pick = 0;
-	struct fold_slot *s;
+	long long min_age = c->window_ms / 10;
+	struct fold_slot *s = NULL;
+	size_t i;
 
 	for (i = 0; i < FOLD_SLOTS; i++) {
-		if (!c->slot[i].used) {
-			pick = i;
+		struct fold_slot *t = &c->slot[i];
+
+		if (!t->used) {
+			s = t;
 			break;
 		}
-		if (c->slot[i].start_ms < c->slot[pick].start_ms)
-			pick = i;
+		if (t->count == 0 && now_ms - t->start_ms >= min_age &&
+		    (s == NULL || t->start_ms < s->start_ms))
+			s = t;
 	}
-	if (c->slot[pick].used)
-		fold_close_locked(c, pick);
-	s = &c->slot[pick];
+	if (s == NULL)
+		return;
 	s->used = true;
 	s->severity = severity;
 	s->hash = hash;

@@ -98,6 +98,41 @@ const struct conf_rule *policy_match(const struct shim_conf *c, const struct soc
 	return NULL;
 }
 
+const struct conf_inbound *policy_inbound(const struct policy *p, const struct sockaddr *local,
+                                          SSL_CTX **ctx)
+{
+	const struct shim_conf *c = p->conf;
+	size_t i, j;
+
+	for (i = 0; i < c->ninbound; i++) {
+		for (j = 0; j < c->inbound[i].nlisten; j++) {
+			const struct conf_match *m = &c->inbound[i].listen[j];
+
+			/* Listeners have addresses, not names. */
+			if (m->kind == MATCH_NAME || m->kind == MATCH_SUFFIX)
+				continue;
+			if (policy_match_one(m, local, NULL)) {
+				*ctx = p->inbound_ctx[i];
+				return &c->inbound[i];
+			}
+		}
+	}
+	*ctx = p->inbound_dft_ctx;
+	return &c->inbound_dft;
+}
+
+bool policy_admits(const struct conf_inbound *in, const struct sockaddr *peer)
+{
+	size_t i;
+
+	if (in->nallow == 0)
+		return true;
+	for (i = 0; i < in->nallow; i++)
+		if (policy_match_one(&in->allow_from[i], peer, NULL))
+			return true;
+	return false;
+}
+
 bool policy_is_loopback(const struct sockaddr *addr)
 {
 	static const unsigned char v6_loop[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
@@ -144,6 +179,30 @@ int policy_build(struct policy *p, const struct shim_conf *c)
 			return -1;
 		}
 	}
+	if (c->ninbound > 0) {
+		p->inbound_ctx = calloc(c->ninbound, sizeof(SSL_CTX *));
+		if (p->inbound_ctx == NULL) {
+			snprintf(p->error, sizeof(p->error), "out of memory");
+			return -1;
+		}
+	}
+	for (i = 0; i < c->ninbound; i++) {
+		const struct conf_inbound *in = &c->inbound[i];
+
+		if (in->action != ACTION_TLS || in->cert == NULL)
+			continue;
+		p->inbound_ctx[i] = tlsio_server_ctx_new(in, err, sizeof(err));
+		if (p->inbound_ctx[i] == NULL) {
+			snprintf(p->error, sizeof(p->error), "%s%s[%s]: %s", c->file ? c->file : "",
+			         c->file ? ": " : "", in->section, err);
+			return -1;
+		}
+	}
+	if (c->inbound_dft.cert != NULL) {
+		p->inbound_dft_ctx = tlsio_server_ctx_new(&c->inbound_dft, err, sizeof(err));
+		if (p->inbound_dft_ctx == NULL)
+			goto fail_global;
+	}
 	p->usable = true;
 	return 0;
 fail_global:
@@ -156,6 +215,10 @@ void policy_free(struct policy *p)
 {
 	size_t i;
 
+	for (i = 0; p->inbound_ctx != NULL && p->conf != NULL && i < p->conf->ninbound; i++)
+		SSL_CTX_free(p->inbound_ctx[i]);
+	free(p->inbound_ctx);
+	SSL_CTX_free(p->inbound_dft_ctx);
 	for (i = 0; p->rule_ctx != NULL && p->conf != NULL && i < p->conf->nrules; i++)
 		SSL_CTX_free(p->rule_ctx[i]);
 	free(p->rule_ctx);

@@ -22,8 +22,10 @@ struct policy {
 	const struct shim_conf *conf;
 	bool usable;
 	char error[600];
-	SSL_CTX *global_ctx; /* NULL when no global trust: unmatched TLS is refused */
-	SSL_CTX **rule_ctx;  /* per rule; NULL for plaintext and deny rules */
+	SSL_CTX *global_ctx;      /* NULL when no global trust: unmatched TLS is refused */
+	SSL_CTX **rule_ctx;       /* per rule; NULL for plaintext and deny rules */
+	SSL_CTX *inbound_dft_ctx; /* listeners no section matches; NULL: no cert */
+	SSL_CTX **inbound_ctx;    /* per inbound section; NULL for plaintext ones */
 };
 
 /* The process's policy, built on first use. Never NULL; immutable. */
@@ -44,7 +46,18 @@ void policy_free(struct policy *p);
  * by address), or NULL when none does.  *index gets the rule's position.
  */
 const struct conf_rule *policy_match(const struct shim_conf *c, const struct sockaddr *addr,
-				     const char *name, size_t *index);
+                                     const char *name, size_t *index);
+
+/*
+ * The inbound section for a listening socket bound to `local`: the first
+ * whose `listen` matches, or &c->inbound_dft when none does.  *ctx gets its
+ * server context (NULL for plaintext, or when no certificate is configured).
+ */
+const struct conf_inbound *policy_inbound(const struct policy *p, const struct sockaddr *local,
+                                          SSL_CTX **ctx);
+
+/* True when `peer` may connect to `in` (allow_from unset, or a CIDR matches). */
+bool policy_admits(const struct conf_inbound *in, const struct sockaddr *peer);
 
 /* True when one pattern matches. */
 bool policy_match_one(const struct conf_match *m, const struct sockaddr *addr, const char *name);

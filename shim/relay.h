@@ -13,6 +13,7 @@
 #include "compat.h"
 
 #include <openssl/ssl.h>
+#include <stdbool.h>
 #include <sys/types.h>
 
 /* What a finished handshake hands to the relay. */
@@ -23,6 +24,16 @@ struct relay_spec {
 	SSL *ssl;   /* handshaken, verified */
 	struct sockaddr_storage peer;
 	char name[256]; /* expected name, for log lines ("" for none) */
+	/*
+	 * Inbound connections (accepted by the program): `ssl` is in accept
+	 * state and the handshake runs in the relay, bounded by the deadline
+	 * (CLOCK_MONOTONIC milliseconds); until it completes nothing the
+	 * program writes is read.  A failed handshake closes the program's end.
+	 */
+	bool server;
+	long handshake_deadline_ms;
+	char rule[96]; /* inbound section, for log lines ("" for the default) */
+	struct sockaddr_storage local;
 };
 
 /*

@@ -502,6 +502,189 @@ static int shim_connect(int fd, const struct sockaddr *addr, socklen_t len)
 	return wrap_connect(fd, addr, len, &id, ctx, name, r != NULL ? r->section : NULL);
 }
 
+static int copy_addr(const struct sockaddr_storage *from, socklen_t from_len, struct sockaddr *to,
+                     socklen_t *to_len);
+
+/* --- accept (inbound mode) ---------------------------------------------------- */
+
+/* Closes an accepted connection at once, with a reset: it is not admitted. */
+static void drop_client(int fd)
+{
+	struct linger lg = {1, 0};
+
+	real.setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	real.close(fd);
+}
+
+static void log_inbound(int severity, const char *event, const struct sockaddr *peer,
+                        const struct sockaddr *local, const struct conf_inbound *in,
+                        const char *reason)
+{
+	struct log_event ev;
+
+	log_event_init(&ev, severity, event);
+	ev.dir = "in";
+	ev.peer = peer;
+	ev.local = local;
+	ev.rule = in != NULL ? in->section : NULL;
+	ev.stage = "policy";
+	ev.reason = reason;
+	log_emit(&ev);
+}
+
+/* Env-only quick start: outbound trust only; say once that listeners are not protected. */
+static void say_inbound_unprotected(void)
+{
+	static atomic_int said;
+	struct log_event ev;
+
+	if (atomic_exchange(&said, 1) != 0)
+		return;
+	log_event_init(&ev, LOG_WARNING, "insecure_setting");
+	ev.dir = "in";
+	ev.stage = "policy";
+	ev.reason = "no configuration file: inbound connections are not protected (configure "
+	            "inbound sections in TLSSHIM_CONFIG)";
+	log_emit(&ev);
+}
+
+/*
+ * Makes the accepted TCP connection `tcp` the relay's, handing the program a
+ * socketpair end with `flags`.  Returns the program's descriptor, or -1.
+ */
+static int hand_inbound(int tcp, SSL_CTX *ctx, const struct conf_inbound *in,
+                        const struct sockaddr_storage *peer, socklen_t peer_len,
+                        const struct sockaddr_storage *local, socklen_t local_len, int flags)
+{
+	const struct shim_conf *c = conf_get();
+	struct relay_spec spec;
+	struct wrapped_info info;
+	struct stat st;
+	int sv[2], saved, type = SOCK_STREAM;
+
+	memset(&spec, 0, sizeof(spec));
+	memset(&info, 0, sizeof(info));
+	if (flags & SOCK_NONBLOCK)
+		type |= SOCK_NONBLOCK;
+	if (flags & SOCK_CLOEXEC)
+		type |= SOCK_CLOEXEC;
+	if (socketpair(AF_UNIX, type, 0, sv) != 0)
+		return -1;
+	spec.app_fd = fdreg_adopt(sv[1]);
+	if (spec.app_fd < 0 || fcntl(spec.app_fd, F_SETFL, O_NONBLOCK) != 0 ||
+	    fstat(sv[0], &st) != 0)
+		goto err;
+	info.domain = local->ss_family;
+	info.protocol = IPPROTO_TCP;
+	info.tcp_fd = tcp;
+	info.peer = *peer;
+	info.peer_len = peer_len;
+	info.local = *local;
+	info.local_len = local_len;
+	if (fdreg_add(st.st_ino, &info) != 0)
+		goto err;
+	spec.ssl = tlsio_server_new(ctx, tcp);
+	if (spec.ssl == NULL) {
+		fdreg_remove(st.st_ino);
+		errno = ENOMEM;
+		goto err;
+	}
+	spec.net_fd = tcp;
+	spec.ino = st.st_ino;
+	spec.peer = *peer;
+	spec.local = *local;
+	spec.server = true;
+	spec.handshake_deadline_ms = tlsio_now_ms() + c->handshake_timeout_ms;
+	if (in->section != NULL)
+		snprintf(spec.rule, sizeof(spec.rule), "%s", in->section);
+	if (relay_add(&spec) != 0) {
+		saved = errno;
+		SSL_free(spec.ssl);
+		fdreg_remove(st.st_ino);
+		errno = saved;
+		goto err;
+	}
+	return sv[0];
+err:
+	saved = errno;
+	real.close(sv[0]);
+	fdreg_release(spec.app_fd);
+	errno = saved;
+	return -1;
+}
+
+static int shim_accept4(int lfd, struct sockaddr *addr, socklen_t *addrlen, int flags)
+{
+	struct sockaddr_storage local, peer;
+	socklen_t local_len = sizeof(local), peer_len;
+	const struct conf_inbound *in;
+	const struct policy *p;
+	SSL_CTX *ctx = NULL;
+	int tcp, fd;
+
+	if (real.getsockname(lfd, (struct sockaddr *)&local, &local_len) != 0 ||
+	    (local.ss_family != AF_INET && local.ss_family != AF_INET6))
+		return real.accept4(lfd, addr, addrlen, flags);
+	p = policy_get();
+	if (p->usable && p->conf->file == NULL) {
+		say_inbound_unprotected();
+		return real.accept4(lfd, addr, addrlen, flags);
+	}
+	if (p->usable) {
+		in = policy_inbound(p, (struct sockaddr *)&local, &ctx);
+		if (in->action == ACTION_PLAINTEXT) {
+			fd = real.accept4(lfd, addr, addrlen, flags);
+			if (fd >= 0)
+				log_inbound(LOG_NOTICE, "plaintext_allowed", addr,
+				            (struct sockaddr *)&local, in, "plaintext exception");
+			return fd;
+		}
+	} else {
+		in = NULL;
+		say_config_error(p->error);
+	}
+	for (;;) {
+		peer_len = sizeof(peer);
+		tcp = real.accept4(lfd, (struct sockaddr *)&peer, &peer_len,
+		                   SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (tcp < 0)
+			return -1;
+		if (in == NULL) {
+			drop_client(tcp); /* unusable configuration: nothing is admitted */
+			continue;
+		}
+		if (!policy_admits(in, (struct sockaddr *)&peer)) {
+			log_inbound(LOG_WARNING, "denied", (struct sockaddr *)&peer,
+			            (struct sockaddr *)&local, in, "source not in allow_from");
+			drop_client(tcp);
+			continue;
+		}
+		if (ctx == NULL) {
+			log_inbound(LOG_ERR, "denied", (struct sockaddr *)&peer,
+			            (struct sockaddr *)&local, in,
+			            "no server certificate for this listener: set cert and key in "
+			            "[tlsshim] or in an inbound section (or inbound_default = "
+			            "plaintext)");
+			drop_client(tcp);
+			continue;
+		}
+		tcp = fdreg_adopt(tcp);
+		if (tcp < 0)
+			return -1;
+		fd = hand_inbound(tcp, ctx, in, &peer, peer_len, &local, local_len, flags);
+		if (fd < 0) {
+			int saved = errno;
+
+			fdreg_release(tcp);
+			errno = saved;
+			return -1;
+		}
+		if (addr != NULL && addrlen != NULL)
+			copy_addr(&peer, peer_len, addr, addrlen);
+		return fd;
+	}
+}
+
 /* --- the descriptor's identity ---------------------------------------------- */
 
 static int copy_addr(const struct sockaddr_storage *from, socklen_t from_len, struct sockaddr *to,
@@ -750,6 +933,18 @@ TLSSHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	NOT_READY(-1);
 	return shim_connect(fd, addr, len);
+}
+
+TLSSHIM_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	NOT_READY(-1);
+	return shim_accept4(fd, addr, len, 0);
+}
+
+TLSSHIM_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	NOT_READY(-1);
+	return shim_accept4(fd, addr, len, flags);
 }
 
 TLSSHIM_EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)

@@ -17,6 +17,8 @@
 #include <openssl/evp.h>
 
 #include <errno.h>
+#include <fnmatch.h>
+#include <sys/stat.h>
 #include <openssl/err.h>
 #include <openssl/ocsp.h>
 #include <openssl/sha.h>
@@ -40,10 +42,12 @@ struct tlsio_peek {
 };
 
 static BIO_METHOD *sock_method;
-static int ex_peek = -1;      /* SSL ex_data: struct tlsio_peek * */
-static int ex_verify = -1;    /* SSL ex_data: struct tls_failure * being filled */
-static int ex_store_why = -1; /* X509_STORE_CTX ex_data: struct tls_failure * */
-static int ex_ctx_tls = -1;   /* SSL_CTX ex_data: const struct conf_tls * */
+static int ex_peek = -1;       /* SSL ex_data: struct tlsio_peek * */
+static int ex_verify = -1;     /* SSL ex_data: struct tls_failure * being filled */
+static int ex_store_why = -1;  /* X509_STORE_CTX ex_data: struct tls_failure * */
+static int ex_ctx_tls = -1;    /* SSL_CTX ex_data: const struct conf_tls * */
+static int ex_srv_conf = -1;   /* SSL_CTX ex_data: const struct conf_inbound * */
+static int ex_srv_staple = -1; /* SSL_CTX ex_data: struct staple_cache * */
 
 static int sock_write(BIO *b, const char *buf, int len)
 {
@@ -120,6 +124,8 @@ static void tlsio_init_once(void)
 	ex_verify = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_store_why = X509_STORE_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_ctx_tls = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ex_srv_conf = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ex_srv_staple = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	sock_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
 	                           "tlsshim socket");
 	if (sock_method == NULL)
@@ -934,4 +940,279 @@ int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
 	if (rc == 0)
 		snprintf(why->tls, sizeof(why->tls), "%s", SSL_get_version(ssl));
 	return rc;
+}
+
+/* --- the server side (inbound mode) ----------------------------------------- */
+
+/* The operator's OCSP response file, re-read when it changes. */
+struct staple_cache {
+	pthread_mutex_t lock;
+	const char *path;
+	time_t mtime;
+	unsigned char *der;
+	long len;
+	time_t next_update; /* 0: none given */
+};
+
+static bool pattern_matches(const char *pattern, const char *value)
+{
+	return fnmatch(pattern, value, FNM_CASEFOLD) == 0;
+}
+
+/* True when the client certificate's identity matches one allow_client pattern. */
+static bool client_allowed(X509 *cert, const struct conf_inbound *in)
+{
+	X509_NAME *subj = X509_get_subject_name(cert);
+	GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	bool ok = false;
+	size_t p;
+	int i;
+
+	for (p = 0; p < in->nallow_client && !ok; p++) {
+		const char *pat = in->allow_client[p];
+
+		if (strncmp(pat, "CN=", 3) == 0) {
+			for (i = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
+			     i >= 0 && !ok;
+			     i = X509_NAME_get_index_by_NID(subj, NID_commonName, i)) {
+				ASN1_STRING *d =
+				        X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, i));
+				unsigned char *utf8 = NULL;
+
+				if (ASN1_STRING_to_UTF8(&utf8, d) >= 0 && utf8 != NULL)
+					ok = pattern_matches(pat + 3, (const char *)utf8);
+				OPENSSL_free(utf8);
+			}
+		} else {
+			for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans) && !ok; i++) {
+				GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+
+				if (gn->type == GEN_DNS)
+					ok = pattern_matches(
+					        pat + 4,
+					        (const char *)ASN1_STRING_get0_data(gn->d.dNSName));
+			}
+		}
+	}
+	GENERAL_NAMES_free(sans);
+	return ok;
+}
+
+static int server_verify_cb(int ok, X509_STORE_CTX *store)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+	const struct conf_inbound *in =
+	        ssl != NULL ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_srv_conf) : NULL;
+	struct tls_failure *why = ssl != NULL ? SSL_get_ex_data(ssl, ex_verify) : NULL;
+	X509 *cert = X509_STORE_CTX_get_current_cert(store);
+	int depth = X509_STORE_CTX_get_error_depth(store);
+
+	if (!ok) {
+		if (why != NULL && why->x509_err < 0) {
+			why->x509_err = X509_STORE_CTX_get_error(store);
+			why->depth = depth;
+			tlsio_describe_cert(cert, why);
+		}
+		return 0;
+	}
+	if (depth == 0 && in != NULL && in->nallow_client > 0 && cert != NULL &&
+	    !client_allowed(cert, in))
+		return own_failure(store, why, cert, 0, "client certificate not in allow_client");
+	return 1;
+}
+
+static int server_status_cb(SSL *ssl, void *arg)
+{
+	struct staple_cache *sc = arg;
+	unsigned char *copy = NULL;
+	struct stat st;
+	long len = 0;
+
+	if (sc == NULL)
+		return SSL_TLSEXT_ERR_NOACK;
+	pthread_mutex_lock(&sc->lock);
+	if (stat(sc->path, &st) == 0 && st.st_mtime != sc->mtime) {
+		BIO *in = BIO_new_file(sc->path, "rb");
+		OCSP_RESPONSE *resp = in != NULL ? d2i_OCSP_RESPONSE_bio(in, NULL) : NULL;
+		OCSP_BASICRESP *basic = resp != NULL ? OCSP_response_get1_basic(resp) : NULL;
+		unsigned char *der = NULL;
+		int n = resp != NULL ? i2d_OCSP_RESPONSE(resp, &der) : -1;
+
+		OPENSSL_free(sc->der);
+		sc->der = NULL;
+		sc->len = 0;
+		sc->next_update = 0;
+		if (n > 0 && basic != NULL && OCSP_resp_count(basic) > 0) {
+			ASN1_GENERALIZEDTIME *next = NULL;
+			struct tm tm;
+
+			OCSP_single_get0_status(OCSP_resp_get0(basic, 0), NULL, NULL, NULL, &next);
+			if (next != NULL && ASN1_TIME_to_tm(next, &tm) == 1)
+				sc->next_update = timegm(&tm);
+			sc->der = der;
+			sc->len = n;
+			der = NULL;
+		}
+		OPENSSL_free(der);
+		OCSP_BASICRESP_free(basic);
+		OCSP_RESPONSE_free(resp);
+		BIO_free(in);
+		ERR_clear_error();
+		sc->mtime = st.st_mtime;
+	}
+	/* A stale response is not stapled (RFC 6960 section 4.2.2.1). */
+	if (sc->der != NULL && (sc->next_update == 0 || sc->next_update > time(NULL))) {
+		copy = OPENSSL_memdup(sc->der, (size_t)sc->len);
+		len = sc->len;
+	}
+	pthread_mutex_unlock(&sc->lock);
+	if (copy == NULL)
+		return SSL_TLSEXT_ERR_NOACK;
+	if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, len) != 1) {
+		OPENSSL_free(copy);
+		return SSL_TLSEXT_ERR_NOACK;
+	}
+	return SSL_TLSEXT_ERR_OK;
+}
+
+SSL_CTX *tlsio_server_ctx_new(const struct conf_inbound *in, char *err, size_t errlen)
+{
+	static const unsigned char sid_ctx[] = "tlsshim";
+	SSL_CTX *ctx;
+
+	pthread_once(&tlsio_once, tlsio_init_once);
+	if (ex_srv_conf < 0 || ex_srv_staple < 0 || ex_verify < 0) {
+		ctx_error(err, errlen, "%s", "OpenSSL initialisation failed");
+		return NULL;
+	}
+	ctx = SSL_CTX_new(TLS_server_method());
+	if (ctx == NULL) {
+		ctx_error(err, errlen, "%s", "cannot create TLS context");
+		return NULL;
+	}
+	SSL_CTX_set_ex_data(ctx, ex_srv_conf, (void *)in);
+	SSL_CTX_set_min_proto_version(ctx,
+	                              in->min_protocol > 0 ? in->min_protocol : TLS1_2_VERSION);
+	SSL_CTX_set_security_level(ctx, 2);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+	                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+	                              SSL_MODE_ENABLE_PARTIAL_WRITE);
+	/* Resumption: tickets under keys that exist only in this process's memory. */
+	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	if (in->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, in->ciphers) != 1) {
+		ctx_error(err, errlen, "ciphers = %s: no usable cipher", in->ciphers);
+		goto err;
+	}
+	if (in->ciphersuites != NULL && SSL_CTX_set_ciphersuites(ctx, in->ciphersuites) != 1) {
+		ctx_error(err, errlen, "ciphersuites = %s: no usable suite", in->ciphersuites);
+		goto err;
+	}
+	if (SSL_CTX_use_certificate_chain_file(ctx, in->cert) != 1) {
+		ctx_error(err, errlen, "cannot load cert %s", in->cert);
+		goto err;
+	}
+	if (SSL_CTX_use_PrivateKey_file(ctx, in->key, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(ctx) != 1) {
+		ctx_error(err, errlen, "key %s does not match its certificate (or cannot be read)",
+		          in->key);
+		goto err;
+	}
+	if (in->client_ca != NULL) {
+		STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(in->client_ca);
+
+		if (names == NULL || SSL_CTX_load_verify_locations(ctx, in->client_ca, NULL) != 1) {
+			sk_X509_NAME_pop_free(names, X509_NAME_free);
+			ctx_error(err, errlen, "cannot load client_ca %s", in->client_ca);
+			goto err;
+		}
+		SSL_CTX_set_client_CA_list(ctx, names);
+		X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_X509_STRICT);
+		X509_VERIFY_PARAM_set_purpose(SSL_CTX_get0_param(ctx), X509_PURPOSE_SSL_CLIENT);
+	}
+	if (in->client_cert != CLIENT_CERT_NONE)
+		SSL_CTX_set_verify(ctx,
+		                   SSL_VERIFY_PEER | (in->client_cert == CLIENT_CERT_REQUIRE
+		                                              ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+		                                              : 0),
+		                   server_verify_cb);
+	else
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if (in->ocsp_response_file != NULL) {
+		struct staple_cache *sc = calloc(1, sizeof(*sc));
+
+		if (sc == NULL) {
+			ctx_error(err, errlen, "%s", "out of memory");
+			goto err;
+		}
+		pthread_mutex_init(&sc->lock, NULL);
+		sc->path = in->ocsp_response_file;
+		sc->mtime = (time_t)-1;
+		SSL_CTX_set_ex_data(ctx, ex_srv_staple, sc); /* lives as long as the process */
+		SSL_CTX_set_tlsext_status_cb(ctx, server_status_cb);
+		SSL_CTX_set_tlsext_status_arg(ctx, sc);
+	}
+	return ctx;
+err:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+void tlsio_track_failure(SSL *ssl, struct tls_failure *why)
+{
+	failure_init(why);
+	SSL_set_ex_data(ssl, ex_verify, why);
+}
+
+SSL *tlsio_server_new(SSL_CTX *ctx, int fd)
+{
+	SSL *ssl = SSL_new(ctx);
+	BIO *bio;
+
+	if (ssl == NULL)
+		return NULL;
+	bio = BIO_new(sock_method);
+	if (bio == NULL) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	BIO_set_fd(bio, fd, BIO_NOCLOSE);
+	SSL_set_bio(ssl, bio, bio);
+	SSL_set_accept_state(ssl);
+	return ssl;
+}
+
+void tlsio_server_failure(SSL *ssl, int sslerr, int sys_errno, struct tls_failure *why)
+{
+	unsigned long e = ERR_peek_error();
+	int r = e != 0 ? ERR_GET_REASON(e) : 0;
+	X509 *client = SSL_get0_peer_certificate(ssl);
+
+	if (why->x509_err >= 0) {
+		why->stage = "verify";
+		if (why->reason[0] == '\0')
+			snprintf(why->reason, sizeof(why->reason), "client certificate: %s",
+			         X509_verify_cert_error_string(why->x509_err));
+	} else if (r == SSL_R_HTTP_REQUEST || r == SSL_R_HTTPS_PROXY_REQUEST ||
+	           r == SSL_R_WRONG_VERSION_NUMBER || r == SSL_R_UNKNOWN_PROTOCOL ||
+	           r == SSL_R_PACKET_LENGTH_TOO_LONG || r == SSL_R_RECORD_LENGTH_MISMATCH) {
+		why->event = "refused_plaintext";
+		snprintf(why->reason, sizeof(why->reason), "client did not speak TLS");
+	} else if (r == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+		why->stage = "verify";
+		snprintf(why->reason, sizeof(why->reason), "client certificate required");
+	} else if (r == SSL_R_UNSUPPORTED_PROTOCOL || r == SSL_R_TLSV1_ALERT_PROTOCOL_VERSION) {
+		snprintf(why->reason, sizeof(why->reason), "protocol version too low");
+	} else if (sslerr == SSL_ERROR_SYSCALL || (sslerr == SSL_ERROR_SSL && e == 0)) {
+		snprintf(why->reason, sizeof(why->reason), "%s",
+		         sys_errno != 0 ? strerror(sys_errno)
+		                        : "connection closed by client during handshake");
+	} else {
+		snprintf(why->reason, sizeof(why->reason), "%s",
+		         e != 0 && ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e)
+		                                                      : "TLS handshake failed");
+	}
+	if (client != NULL && why->subject[0] == '\0')
+		tlsio_describe_cert(client, why);
+	ERR_clear_error();
 }

@@ -49,6 +49,28 @@ SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen);
 int tlsio_verify_offline(SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * untrusted, const char *name,
                          const char *ip, time_t at, struct tls_failure *why);
 
+struct conf_inbound;
+
+/*
+ * Builds a server SSL_CTX for inbound section `in` (which must outlive it):
+ * its certificate and key, client certificate policy and identity allowlist,
+ * protocol floor, OCSP stapling from `ocsp_response_file`, session tickets.
+ * Returns NULL with `err` saying why.
+ */
+SSL_CTX *tlsio_server_ctx_new(const struct conf_inbound *in, char *err, size_t errlen);
+
+/*
+ * Creates a server SSL object on the accepted, non-blocking socket `fd`.
+ * Returns NULL on allocation failure.
+ */
+SSL *tlsio_server_new(SSL_CTX *ctx, int fd);
+
+/* Records verification failures of `ssl` into `why` (which must outlive it). */
+void tlsio_track_failure(SSL *ssl, struct tls_failure *why);
+
+/* Describes a failed server handshake (SSL_do_handshake's error) in `why`. */
+void tlsio_server_failure(SSL *ssl, int sslerr, int sys_errno, struct tls_failure *why);
+
 /*
  * Returns the process's client SSL_CTX, built on first use from the
  * configuration, or NULL with `err` (size `errlen`) saying why it cannot be
