@@ -72,6 +72,11 @@
 #   crl-int-crl.pem  crl-int's CRL (empty), next update in 7 days
 #   crl-all.pem      crl.pem followed by crl-int-crl.pem
 #   crl-dir/         crl.pem and crl-int-crl.pem, hashed (`openssl rehash`)
+#   other-ca-crl.pem other-ca's CRL (empty), next update in 7 days
+#   crl-with-ca.pem  crl.pem, other-ca-crl.pem and the other-ca.pem
+#                    CERTIFICATE: a CRL bundle that carries a CA certificate,
+#                    which must not become a trust anchor
+#   crl-dir-with-ca/ the same three, hashed (other-ca.pem as HASH.0)
 #   crl-int.pem      intermediate CA issued by ca, revoked in crl.pem
 #   crl-int-leaf.pem leaf issued by crl-int; crl-int-leaf-fullchain.pem is
 #                    the leaf followed by crl-int.pem
@@ -376,12 +381,18 @@ faketime -f '-10d' \
 openssl ca -batch -gencrl -config "$work/int.cnf" -cert "$out/crl-int.pem" \
   -keyfile "$out/crl-int.key" -crldays 7 -out "$out/crl-int-crl.pem" >>"$log" 2>&1 ||
   fail "crl-int crl"
+openssl ca -batch -gencrl -config "$work/scratch.cnf" -cert "$certs/other-ca.pem" \
+  -keyfile "$certs/other-ca.key" -crldays 7 -out "$out/other-ca-crl.pem" >>"$log" 2>&1 ||
+  fail "other-ca crl"
 cat "$out/crl.pem" "$out/crl-int-crl.pem" >"$out/crl-all.pem"
-rm -rf "$out/crl-dir"
-mkdir -p "$out/crl-dir"
+cat "$out/crl.pem" "$out/other-ca-crl.pem" "$certs/other-ca.pem" >"$out/crl-with-ca.pem"
+rm -rf "$out/crl-dir" "$out/crl-dir-with-ca"
+mkdir -p "$out/crl-dir" "$out/crl-dir-with-ca"
 cp "$out/crl.pem" "$out/crl-int-crl.pem" "$out/crl-dir/"
+cp "$out/crl.pem" "$out/other-ca-crl.pem" "$certs/other-ca.pem" "$out/crl-dir-with-ca/"
 openssl rehash "$out/crl-dir" >>"$log" 2>&1 || fail "rehash crl-dir"
-chmod 644 "$out"/crl*.pem
+openssl rehash "$out/crl-dir-with-ca" >>"$log" 2>&1 || fail "rehash crl-dir-with-ca"
+chmod 644 "$out"/crl*.pem "$out/other-ca-crl.pem"
 
 # --- check what the tests rely on -----------------------------------------
 

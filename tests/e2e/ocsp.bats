@@ -260,6 +260,35 @@ count_lines() {
   refused stage=ocsp "reason=bad OCSP staple: responder said trylater" ocsp=bad:status
 }
 
+@test "require x revoked (python socket): connect() fails with ECONNREFUSED" {
+  stapler revoked revoked
+  run --separate-stderr shim_conf "$(ocsp_conf c 'ocsp = require')" \
+    "$PY" "$PYCLIENT" connect --send "GET / HTTP/1.0" 127.0.0.1 "$port"
+  assert_status 3
+  assert_output_has "connect=ECONNREFUSED"
+  assert_log_fields event=handshake_failed stage=ocsp "reason=revoked (keyCompromise)" \
+    ocsp=revoked
+}
+
+@test "require: every connection of a process is checked (python, 3 connections, TLS 1.2 and 1.3)" {
+  # Should the shim ever resume sessions, a resumed handshake carries no
+  # staple: each connection must still be accepted with ocsp=good.
+  local conf proto
+  conf=$(ocsp_conf c 'ocsp = require')
+  for proto in -tls1_2 -tls1_3; do
+    port=$(free_port)
+    stapler good good "$proto"
+    run --separate-stderr shim_conf "$conf" \
+      "$PY" "$PYCLIENT" connect -n 3 --send "GET / HTTP/1.0" 127.0.0.1 "$port"
+    assert_status 0
+    [[ $(count_lines "event=connected") -eq 3 && $(count_lines "ocsp=good") -eq 3 ]] || {
+      echo "expected 3 connected lines with ocsp=good ($proto)" >&2
+      show_run
+      false
+    }
+  done
+}
+
 # --- prefer -------------------------------------------------------------------
 
 @test "prefer x good: accepted, ocsp=good" {
@@ -367,6 +396,22 @@ EOF
     false
   }
   assert_stderr_lacks "event=handshake_failed"
+}
+
+@test "off in one rule: accepted there, insecure_setting names the rule, once" {
+  local conf
+  conf=$(ocsp_conf c 'ocsp = prefer' 'rules = rules' '[rules]' '1 = lax' \
+    '[lax]' "match = 127.0.0.1:$port" 'action = tls' 'ocsp = off')
+  stapler revoked revoked
+  run --separate-stderr shim_conf "$conf" \
+    "$PY" "$PYCLIENT" connect -n 2 --send "GET / HTTP/1.0" 127.0.0.1 "$port"
+  assert_status 0
+  assert_log_fields event=insecure_setting rule=lax
+  [[ $(count_lines "event=insecure_setting") -eq 1 ]] || {
+    echo "expected exactly one event=insecure_setting line" >&2
+    show_run
+    false
+  }
 }
 
 @test "prefer and require log no insecure_setting warning" {
@@ -618,6 +663,22 @@ ns_fetch() {
   refused stage=verify "reason=unable to get certificate CRL" x509_err=3
 }
 
+# Trust anchors are only what ca_file/ca_dir/approved_cert name (DESIGN.md,
+# "Trust"): a certificate that happens to sit in a CRL file or directory
+# must not be trusted. untrusted.pem is issued by other-ca, whose
+# certificate and (empty) CRL are in crl-with-ca.pem and crl-dir-with-ca/.
+@test "crl_file holding a CA certificate: that CA is not trusted" {
+  start_s_server "$port" untrusted -www
+  fetch "$(ocsp_conf c "crl_file = $OCSP/crl-with-ca.pem")"
+  refused stage=verify "reason=unable to get local issuer certificate" x509_err=20
+}
+
+@test "crl_dir holding a hashed CA certificate: that CA is not trusted" {
+  start_s_server "$port" untrusted -www
+  fetch "$(ocsp_conf c "crl_dir = $OCSP/crl-dir-with-ca")"
+  refused stage=verify "reason=unable to get local issuer certificate" x509_err=20
+}
+
 @test "crl_file in a rule applies to that rule only" {
   local conf
   conf=$(ocsp_conf c 'rules = rules' '[rules]' '1 = checked' '[checked]' \
@@ -638,6 +699,27 @@ ns_fetch() {
   accepted good
   fetch "$(ocsp_conf crl 'ocsp = require' "crl_file = $OCSP/crl.pem")"
   refused stage=verify "reason=certificate revoked" x509_err=23
+}
+
+# --- configuration errors ---------------------------------------------------------
+
+@test "tlsshim check: malformed revocation settings are errors that name the key" {
+  local line conf
+  for line in 'ocsp = maybe' 'ocsp_skew = forever' 'ocsp_skew = -1' 'crl_check = all' \
+    'crl_file = /nonexistent/crl.pem' 'crl_dir = /nonexistent/crls'; do
+    conf=$(ocsp_conf bad "$line")
+    run --separate-stderr tlsshim_cli check "$conf"
+    assert_status 1
+    assert_stderr_has "${line%% =*} = "
+  done
+}
+
+@test "a malformed ocsp setting refuses every connection (config_error), never falls back" {
+  stapler good -
+  fetch "$(ocsp_conf c 'ocsp = sometimes')"
+  assert_status 7
+  assert_stderr_has "ocsp = sometimes"
+  [[ -z $output ]]
 }
 
 # --- tlsshim probe ----------------------------------------------------------------

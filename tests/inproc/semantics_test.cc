@@ -1668,6 +1668,16 @@ class Watchdog : public ::testing::EmptyTestEventListener
 
 } // namespace
 
+#ifdef __SANITIZE_THREAD__
+// The fork tests start a relay thread in the child, which TSan refuses unless
+// die_after_fork=0 (scripts/test.sh sets it too; this covers a bare run).
+extern "C" const char *__tsan_default_options(void);
+extern "C" const char *__tsan_default_options(void)
+{
+	return "die_after_fork=0";
+}
+#endif
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], kServerFlag) == 0)

@@ -330,8 +330,26 @@ INSTANTIATE_TEST_SUITE_P(
                           "cert = /nonexistent.pem"},
                 ErrorCase{"cert without key", "client_cert=" + cert_path("client.pem") + "\n",
                           "client_cert and client_key go together"},
-                ErrorCase{"inbound cert in [tlsshim]", "cert=" + cert_path("server.pem") + "\n",
-                          "inbound mode is not in this build"},
+                ErrorCase{"inbound without listen", "inbound=in\n[in]\n1=api\n[api]\naction=tls\n",
+                          "[api] has no listen"},
+                ErrorCase{"inbound listen by name",
+                          "inbound=in\n[in]\n1=api\n[api]\nlisten=localhost:80\n",
+                          "expected address:port"},
+                ErrorCase{"inbound bad allow_from",
+                          "inbound=in\n[in]\n1=api\n[api]\nlisten=*:80\nallow_from=*.evil\n",
+                          "allow_from"},
+                ErrorCase{"inbound client_cert without client_ca",
+                          "inbound=in\n[in]\n1=api\n[api]\nlisten=*:80\nclient_cert=require\n",
+                          "needs client_ca"},
+                ErrorCase{"inbound allow_client without client_cert",
+                          "inbound=in\n[in]\n1=api\n[api]\nlisten=*:80\nallow_client=CN=x*\n",
+                          "allow_client needs client_cert"},
+                ErrorCase{"inbound bad allow_client pattern",
+                          "inbound=in\n[in]\n1=api\n[api]\nlisten=*:80\nallow_client=OU=x\n",
+                          "expected CN=pattern or DNS:pattern"},
+                ErrorCase{"inbound missing section", "inbound=in\n[in]\n1=nosuch\n",
+                          "inbound section [nosuch] does not exist"},
+                ErrorCase{"inbound_default bad", "inbound_default=maybe\n", "inbound_default"},
                 ErrorCase{"key not matching cert",
                           rule_hdr + "match=*\naction=tls\ncert=" + cert_path("client.pem") +
                                   "\nkey=" + cert_path("server.key") + "\n",
@@ -379,6 +397,74 @@ TEST_F(ConfFile, RelativePathsAreAgainstTheFilesDirectory)
 	kept().push_back(c);
 	ASSERT_EQ(conf_load(c, path.c_str()), 0) << c->error;
 	EXPECT_EQ(std::string(c->tls.ca_file), dir + "/ca.pem");
+}
+
+} // namespace
+
+namespace
+{
+
+TEST_F(ConfFile, InboundSectionsMatchListenersInOrder)
+{
+	std::string text = "[tlsshim]\nca_file=" + ca() + "\ncert=" + cert_path("server.pem") +
+	                   "\nkey=" + cert_path("server.key") +
+	                   "\ninbound=inbound\n[inbound]\n1=api\n2=admin\n"
+	                   "[api]\nlisten=*:8080, [::1]:8443\nallow_from=127.0.0.0/8, ::1/128\n"
+	                   "client_ca=" +
+	                   ca() +
+	                   "\nclient_cert=optional\n"
+	                   "allow_client=CN=ops-*, DNS:*.mgmt.internal\nmin_protocol=TLSv1.3\n"
+	                   "[admin]\nlisten=127.0.0.1:9090\naction=plaintext\n";
+	ASSERT_EQ(load(text), "");
+	ASSERT_EQ(last_->ninbound, 2u);
+	EXPECT_EQ(last_->inbound[0].client_cert, CLIENT_CERT_OPTIONAL);
+	EXPECT_EQ(last_->inbound[0].nallow_client, 2u);
+	EXPECT_STREQ(last_->inbound[0].cert, last_->inbound_dft.cert) << "global cert serves it";
+
+	struct policy p;
+	ASSERT_EQ(policy_build(&p, last_), 0) << p.error;
+	struct {
+		const char *ip;
+		unsigned port;
+		const char *section; // nullptr: the default
+		bool has_ctx;
+	} cases[] = {{"0.0.0.0", 8080, "api", true},
+	             {"::1", 8443, "api", true},
+	             {"127.0.0.1", 8443, nullptr, true},
+	             {"127.0.0.1", 9090, "admin", false},
+	             {"0.0.0.0", 9090, nullptr, true}};
+	for (auto &c : cases) {
+		auto d = dest(c.ip, c.port);
+		SSL_CTX *ctx = nullptr;
+		const struct conf_inbound *in =
+		        policy_inbound(&p, reinterpret_cast<struct sockaddr *>(&d), &ctx);
+		EXPECT_STREQ(in->section, c.section) << c.ip << ":" << c.port;
+		EXPECT_EQ(ctx != nullptr, c.has_ctx) << c.ip << ":" << c.port;
+	}
+	const struct conf_inbound *api = &last_->inbound[0];
+	auto inside = dest("127.9.9.9", 5555), v6 = dest("::1", 5555),
+	     outside = dest("10.0.0.1", 5);
+	EXPECT_TRUE(policy_admits(api, reinterpret_cast<struct sockaddr *>(&inside)));
+	EXPECT_TRUE(policy_admits(api, reinterpret_cast<struct sockaddr *>(&v6)));
+	EXPECT_FALSE(policy_admits(api, reinterpret_cast<struct sockaddr *>(&outside)));
+	EXPECT_TRUE(
+	        policy_admits(&last_->inbound_dft, reinterpret_cast<struct sockaddr *>(&outside)))
+	        << "no allow_from: any source";
+	policy_free(&p);
+}
+
+TEST_F(ConfFile, InboundWithoutCertificateBuildsNoContext)
+{
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() +
+	               "\ninbound=in\n[in]\n1=api\n[api]\nlisten=*:1\n"),
+	          "");
+	struct policy p;
+	ASSERT_EQ(policy_build(&p, last_), 0) << p.error;
+	auto d = dest("0.0.0.0", 1);
+	SSL_CTX *ctx = reinterpret_cast<SSL_CTX *>(1);
+	policy_inbound(&p, reinterpret_cast<struct sockaddr *>(&d), &ctx);
+	EXPECT_EQ(ctx, nullptr) << "connections to it are refused at accept";
+	policy_free(&p);
 }
 
 } // namespace
