@@ -47,6 +47,7 @@ static bool resume;
 static SSL_SESSION *last_session;
 static long resumed;
 static int port;
+static long watch; /* stunnel's or socat's pid, for its memory and CPU */
 static unsigned char iobuf[BENCH_IO_SIZE];
 
 struct conn {
@@ -188,8 +189,43 @@ static int echo_start(struct conn *c)
 	return conn_read_exact(c, msg, BENCH_MSG);
 }
 
+/* CPU seconds (user + system) of this process, all threads. */
+static double cpu_self(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* CPU seconds of process `pid` and its reaped children (socat's forks). */
+static double cpu_of(long pid)
+{
+	unsigned long long ut = 0, st = 0, cut = 0, cst = 0;
+	char path[64], buf[1024], *p;
+	size_t n;
+	FILE *f;
+
+	if (pid <= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	p = strrchr(buf, ')'); /* the command name may hold spaces */
+	if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
+	                        &ut, &st, &cut, &cst) != 4)
+		return 0;
+	return (double)(ut + st + cut + cst) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static int mode_bulk(bool up, uint64_t bytes)
 {
+	double cpu0 = cpu_self(), hcpu0 = cpu_of(watch), cpu1, hcpu1;
 	struct bench_hdr h;
 	struct conn c;
 	uint64_t left, ack = 0;
@@ -221,8 +257,14 @@ static int mode_bulk(bool up, uint64_t bytes)
 		die("upload count");
 	t1 = bench_now();
 	conn_close(&c);
-	printf("MBps=%.1f secs=%.4f bytes=%llu\n", (double)bytes / (t1 - t0) / 1e6, t1 - t0,
-	       (unsigned long long)bytes);
+	if (watch > 0)
+		usleep(300000); /* socat's child exits and is reaped */
+	cpu1 = cpu_self();
+	hcpu1 = cpu_of(watch);
+	printf("MBps=%.1f secs=%.4f bytes=%llu cpu_s_per_GiB=%.3f helper_cpu_s_per_GiB=%.3f\n",
+	       (double)bytes / (t1 - t0) / 1e6, t1 - t0, (unsigned long long)bytes,
+	       (cpu1 - cpu0 + hcpu1 - hcpu0) * 1073741824.0 / (double)bytes,
+	       (hcpu1 - hcpu0) * 1073741824.0 / (double)bytes);
 	return 0;
 }
 
@@ -377,7 +419,7 @@ static long raise_nofile(long need)
 	return (long)rl.rlim_cur;
 }
 
-static int mode_idle(long n, long watch)
+static int mode_idle(long n)
 {
 	struct conn *c = calloc((size_t)n + 1, sizeof(*c));
 	long rss0, rss1, pss0 = 0, pss1 = 0, i, held, limit;
@@ -497,7 +539,6 @@ static void usage(const char *argv0)
 int main(int argc, char **argv)
 {
 	const char *ca = NULL, *mode;
-	long watch = 0;
 	int i;
 
 	for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
@@ -526,7 +567,7 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "conns") == 0 && i + 2 == argc)
 		return mode_conns(strtod(argv[i], NULL), strtol(argv[i + 1], NULL, 10));
 	if (strcmp(mode, "idle") == 0 && i + 1 == argc)
-		return mode_idle(strtol(argv[i], NULL, 10), watch);
+		return mode_idle(strtol(argv[i], NULL, 10));
 	if (strcmp(mode, "files") == 0 && i + 2 == argc)
 		return mode_files(strtol(argv[i], NULL, 10), argv[i + 1]);
 	usage(argv[0]);

@@ -157,12 +157,10 @@ run_one() {
 	socat) cmd=("$client" --port "$SOCAT_PORT") ;;
 	*) say "unknown contender $who"; exit 1 ;;
 	esac
-	if [ "${1:-}" = idle ]; then
-		case $who in
-		stunnel*) cmd+=(--watch "$STUNNEL_PID") ;;
-		socat) cmd+=(--watch "$SOCAT_PID") ;;
-		esac
-	fi
+	case $who in
+	stunnel*) cmd+=(--watch "$STUNNEL_PID") ;;
+	socat) cmd+=(--watch "$SOCAT_PID") ;;
+	esac
 	local line
 	if ! line=$(timeout "$step_timeout" "${cmd[@]}" "$@"); then
 		say "$wl/$who failed: ${cmd[*]} $*"
@@ -191,6 +189,13 @@ interleave() {
 }
 
 : >"$results"
+{
+	echo "meta nproc $(nproc)"
+	echo "meta cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+	echo "meta kernel $(uname -r)"
+	echo "meta openssl $(openssl version | cut -d' ' -f2)"
+	echo "meta loadavg_before $(cut -d' ' -f1-3 /proc/loadavg)"
+} >>"$results"
 start=$(date +%s)
 ALL=(plaintext inproc tlsshim stunnel socat)
 
@@ -237,5 +242,6 @@ if want callgrind; then
 	done
 fi
 elapsed=$(($(date +%s) - start))
+echo "meta loadavg_after $(cut -d' ' -f1-3 /proc/loadavg)" >>"$results"
 
 python3 "$root/bench/table.py" "$results" "$BYTES" "$REPS" "$elapsed"

@@ -10,8 +10,12 @@ import sys
 
 results, nbytes, reps, elapsed = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 runs = {}
+meta = {}
 for line in open(results):
     parts = line.split()
+    if len(parts) >= 2 and parts[0] == "meta":
+        meta[parts[1]] = " ".join(parts[2:])
+        continue
     if len(parts) < 3:
         continue
     kv = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
@@ -28,6 +32,8 @@ COLS = ["plaintext", "in-process", "tlsshim", "stunnel", "socat"]
 ROWS = [
     ("up", "bulk upload, MB/s", "MBps", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], False),
     ("down", "bulk download, MB/s", "MBps", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], False),
+    ("up", "bulk upload, CPU s/GiB [5]", "cpu_s_per_GiB", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True),
+    ("down", "bulk download, CPU s/GiB [5]", "cpu_s_per_GiB", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True),
     ("rtt", "64 B round trip, median us", "median_us", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True),
     ("rtt", "64 B round trip, p99 us", "p99_us", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True),
     ("conns", "new conn/s, full handshake", "cps",
@@ -39,6 +45,11 @@ for wl in sorted({k[0] for k in runs if k[0].startswith("idle")}, key=lambda w: 
     n = int(wl[4:])
     ROWS.append((wl, f"{n:,} idle conns, KiB/conn [2]", "KiB_per_conn",
                  ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True))
+
+
+def held(wl, who):
+    rs = [r for r in runs.get((wl, who), []) if "held" in r]
+    return int(rs[0]["held"]) if rs else None
 
 
 def fmt(v):
@@ -66,6 +77,8 @@ for wl, label, key, who, lower in ROWS:
             cells.append("-")
         elif ref and wl[:4] != "idle":
             cells.append(f"{fmt(v)} ({v / ref:.2f}x)")
+        elif wl[:4] == "idle" and held(wl, x) is not None and held(wl, x) < int(wl[4:]):
+            cells.append(f"{fmt(v)} [{held(wl, x)}]")
         else:
             cells.append(fmt(v))
     lines.append(f"{label:<{w0}}" + "".join(f"{c:>{w}}" for c in cells))
@@ -81,7 +94,11 @@ for wl, label, key, who, lower in ROWS:
     if wl == "resume" and ref:
         checks.append(("conn/s with resumption >= 0.9x in-process", shim / ref >= 0.9, f"{shim / ref:.2f}x"))
     if wl.startswith("idle"):
-        checks.append((f"{wl[4:]} idle conns held, <= 48 KiB each", shim <= 48, f"{shim:.1f} KiB"))
+        n, h = int(wl[4:]), held(wl, "tlsshim")
+        checks.append((f"{n} idle conns: <= 48 KiB each", shim <= 48, f"{shim:.1f} KiB"))
+        checks.append((f"{n} idle conns held in one process", h == n,
+                       f"{h} held" + ("" if h == n else f" (stopped by {runs[(wl, 'tlsshim')][0].get('stopped_by')}, "
+                                                        f"RLIMIT_NOFILE {runs[(wl, 'tlsshim')][0].get('nofile')})")))
 
 noshim, shim = med("files", "noshim", "kops"), med("files", "tlsshim", "kops")
 if noshim and shim:
@@ -105,9 +122,15 @@ lines.append(f"Medians of {reps} interleaved runs; bulk {nbytes / 2**20:.0f} MiB
 lines.append("[1] in-process and stunnel resume sessions; tlsshim has no session cache yet; socat")
 lines.append("    (a process per connection) never resumes.  Plaintext needs no handshake.")
 lines.append("[2] RSS growth of the client process per connection (plus stunnel's/socat's PSS),")
-lines.append("    after one warm-up connection; kernel socket memory is not in RSS.")
+lines.append("    after one warm-up connection; kernel socket memory is not in RSS.  [N]: only N")
+lines.append("    connections could be held (descriptor limit; tlsshim needs three per connection).")
 lines.append("[3] the same program with and without LD_PRELOAD (the in-process column is without).")
 lines.append("[4] all threads of the client process (the relay thread too), whole run incl. handshake.")
+lines.append("[5] CPU time of the client process (all threads: tlsshim's relay too) plus stunnel's")
+lines.append("    or socat's, per GiB moved; the server's is not counted.  Less sensitive to other")
+lines.append("    load on the machine than the MB/s figures.")
+if meta:
+    lines.append("machine: " + "; ".join(f"{k} {v}" for k, v in meta.items()))
 lines.append("")
 lines.append("targets (issue 6):")
 for name, ok, val in checks:

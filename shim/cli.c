@@ -285,9 +285,12 @@ static void print_tls(const struct conf_tls *t, const char *indent)
 		printf(" approved_cert=%s", t->approved_cert);
 	if (!t->ca_file && !t->ca_dir && !t->approved_cert)
 		printf(" none");
-	printf("\n%smin_protocol=%s ocsp=%s pins=%zu", indent,
+	printf("\n%smin_protocol=%s ocsp=%s ocsp_skew=%ds pins=%zu", indent,
 	       t->min_protocol == 0x0304 ? "TLSv1.3" : "TLSv1.2", conf_ocsp_name(t->ocsp),
-	       t->npins);
+	       t->ocsp_skew_s, t->npins);
+	if (t->crl_file || t->crl_dir)
+		printf(" crl=%s crl_check=%s", t->crl_file ? t->crl_file : t->crl_dir,
+		       t->crl_chain ? "chain" : "leaf");
 	if (t->ciphers)
 		printf(" ciphers=%s", t->ciphers);
 	if (t->ciphersuites)

@@ -689,6 +689,8 @@ static void load_rule(struct loader *ld, CONF *nc, const char *section, struct c
 	else if ((r->tls.cert == NULL) != (r->tls.key == NULL))
 		fail(ld, "%s: cert and key go together", where);
 	inherit(&r->tls, &set, &ld->c->tls);
+	if (!ld->failed && set.crl_check && r->tls.crl_file == NULL && r->tls.crl_dir == NULL)
+		fail(ld, "%s crl_check without crl_file or crl_dir checks nothing", where);
 	if (!ld->failed && r->action == ACTION_TLS && r->tls.ca_file == NULL &&
 	    r->tls.ca_dir == NULL && r->tls.approved_cert == NULL)
 		fail(ld,
@@ -735,6 +737,9 @@ static void load_file(struct loader *ld)
 
 		global_key(ld, &set, v->name, v->value, &ld->rules_section);
 	}
+	if (!ld->failed && set.crl_check && ld->c->tls.crl_file == NULL &&
+	    ld->c->tls.crl_dir == NULL)
+		fail(ld, "[tlsshim] crl_check without crl_file or crl_dir checks nothing");
 	if (!ld->failed && (ld->c->tls.cert == NULL) != (ld->c->tls.key == NULL))
 		fail(ld, "[tlsshim]: client_cert and client_key go together");
 }

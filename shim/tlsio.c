@@ -17,7 +17,9 @@
 #include <openssl/evp.h>
 
 #include <errno.h>
+#include <dirent.h>
 #include <fnmatch.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <openssl/err.h>
 #include <openssl/ocsp.h>
@@ -297,6 +299,60 @@ static bool store_is_empty(SSL_CTX *ctx)
 	return objs == NULL || sk_X509_OBJECT_num(objs) == 0;
 }
 
+/*
+ * Loads only the CRLs of crl_file and of every file in crl_dir (read once,
+ * when the context is built).  Certificates that happen to sit in those
+ * files are ignored: trust anchors come from ca_file/ca_dir alone.
+ */
+static int load_crls(X509_STORE *store, const struct conf_tls *t, char *err, size_t errlen)
+{
+	X509_LOOKUP *lk = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+	struct dirent *de;
+	DIR *dir;
+	int total = 0;
+
+	if (lk == NULL) {
+		ctx_error(err, errlen, "%s", "out of memory");
+		return -1;
+	}
+	if (t->crl_file != NULL) {
+		total = X509_load_crl_file(lk, t->crl_file, X509_FILETYPE_PEM);
+		if (total <= 0) {
+			ctx_error(err, errlen, "crl_file %s holds no CRL", t->crl_file);
+			return -1;
+		}
+	}
+	if (t->crl_dir == NULL)
+		return 0;
+	dir = opendir(t->crl_dir);
+	if (dir == NULL) {
+		ctx_error(err, errlen, "cannot read crl_dir %s", t->crl_dir);
+		return -1;
+	}
+	total = 0;
+	while ((de = readdir(dir)) != NULL) {
+		char path[PATH_MAX];
+		struct stat st;
+		int n;
+
+		if (de->d_name[0] == '.' ||
+		    (size_t)snprintf(path, sizeof(path), "%s/%s", t->crl_dir, de->d_name) >=
+		            sizeof(path) ||
+		    stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+			continue;
+		n = X509_load_crl_file(lk, path, X509_FILETYPE_PEM);
+		if (n > 0)
+			total += n;
+		ERR_clear_error(); /* a file without a CRL is skipped */
+	}
+	closedir(dir);
+	if (total == 0) {
+		ctx_error(err, errlen, "crl_dir %s holds no CRL", t->crl_dir);
+		return -1;
+	}
+	return 0;
+}
+
 SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen)
 {
 	X509_VERIFY_PARAM *vp;
@@ -359,19 +415,8 @@ SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen)
 		X509_VERIFY_PARAM_set_flags(vp, X509_V_FLAG_PARTIAL_CHAIN);
 	}
 	if (t->crl_file != NULL || t->crl_dir != NULL) {
-		X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-		X509_LOOKUP *lk;
-
-		if (t->crl_file != NULL && X509_STORE_load_file(store, t->crl_file) != 1) {
-			ctx_error(err, errlen, "cannot load crl_file %s", t->crl_file);
+		if (load_crls(SSL_CTX_get_cert_store(ctx), t, err, errlen) != 0)
 			goto err;
-		}
-		if (t->crl_dir != NULL &&
-		    ((lk = X509_STORE_add_lookup(store, X509_LOOKUP_hash_dir())) == NULL ||
-		     X509_LOOKUP_add_dir(lk, t->crl_dir, X509_FILETYPE_PEM) != 1)) {
-			ctx_error(err, errlen, "cannot use crl_dir %s", t->crl_dir);
-			goto err;
-		}
 		X509_VERIFY_PARAM_set_flags(
 		        vp, X509_V_FLAG_CRL_CHECK | (t->crl_chain ? X509_V_FLAG_CRL_CHECK_ALL : 0));
 	}
@@ -671,16 +716,14 @@ static void classify(SSL *ssl, int sslerr, int sys_errno, const struct tlsio_pee
 /* True when `cert` carries the TLS feature status_request (RFC 7633). */
 static bool must_staple(X509 *cert)
 {
-	ASN1_SEQUENCE_ANY *features = X509_get_ext_d2i(cert, NID_tlsfeature, NULL, NULL);
+	TLS_FEATURE *features = X509_get_ext_d2i(cert, NID_tlsfeature, NULL, NULL);
 	bool found = false;
 	int i;
 
-	for (i = 0; features != NULL && i < sk_ASN1_TYPE_num(features) && !found; i++) {
-		ASN1_TYPE *f = sk_ASN1_TYPE_value(features, i);
-
-		found = f->type == V_ASN1_INTEGER && ASN1_INTEGER_get(f->value.integer) == 5;
-	}
-	sk_ASN1_TYPE_pop_free(features, ASN1_TYPE_free);
+	for (i = 0; features != NULL && i < sk_ASN1_INTEGER_num(features) && !found; i++)
+		found = ASN1_INTEGER_get(sk_ASN1_INTEGER_value(features, i)) ==
+		        TLSEXT_TYPE_status_request;
+	TLS_FEATURE_free(features);
 	return found;
 }
 
@@ -785,14 +828,28 @@ static int check_staple(SSL *ssl, const struct conf_tls *t, struct tls_failure *
 	 * id-kp-OCSPSigning from it; the server's chain may supply it.
 	 */
 	if (OCSP_basic_verify(basic, chain, SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)), 0) != 1) {
-		e = ERR_peek_last_error();
-		if (ERR_GET_LIB(e) == ERR_LIB_OCSP && ERR_GET_REASON(e) == OCSP_R_SIGNATURE_FAILURE)
+		unsigned long first_ocsp = 0;
+		bool bad_signature = false;
+
+		/*
+		 * The first OCSP error says most ("missing ocspsigning usage"); a
+		 * signature failure may sit behind an EVP one.
+		 */
+		while ((e = ERR_get_error()) != 0) {
+			if (ERR_GET_LIB(e) != ERR_LIB_OCSP)
+				continue;
+			if (ERR_GET_REASON(e) == OCSP_R_SIGNATURE_FAILURE)
+				bad_signature = true;
+			if (first_ocsp == 0)
+				first_ocsp = e;
+		}
+		if (bad_signature)
 			ocsp_fail(why, "bad:signature", "bad OCSP staple: %s",
 			          "signature does not verify");
 		else
 			ocsp_fail(why, "bad:signer", "bad OCSP staple: %s",
-			          e != 0 && ERR_reason_error_string(e) != NULL
-			                  ? ERR_reason_error_string(e)
+			          first_ocsp != 0 && ERR_reason_error_string(first_ocsp) != NULL
+			                  ? ERR_reason_error_string(first_ocsp)
 			                  : "signer not authorised");
 		goto out;
 	}

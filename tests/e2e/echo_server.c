@@ -45,7 +45,7 @@
 #include <unistd.h>
 
 #define MAX_CLIENTS 512
-#define BUF 16384
+#define BUF         16384
 
 static const char *greeting;
 
@@ -93,8 +93,8 @@ static void addr_str(const struct sockaddr_storage *ss, socklen_t len, char *out
 	} else if (ss->ss_family == AF_UNIX) {
 		const struct sockaddr_un *s = (const struct sockaddr_un *)ss;
 		size_t plen = len > offsetof(struct sockaddr_un, sun_path)
-		                  ? len - offsetof(struct sockaddr_un, sun_path)
-		                  : 0;
+		                      ? len - offsetof(struct sockaddr_un, sun_path)
+		                      : 0;
 		snprintf(out, outlen, "unix:%.*s", (int)strnlen(s->sun_path, plen), s->sun_path);
 	} else {
 		snprintf(out, outlen, "family%d", ss->ss_family);
@@ -108,7 +108,10 @@ static const char *family_name(int fd)
 
 	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
 		return "error";
-	return dom == AF_INET ? "inet" : dom == AF_INET6 ? "inet6" : dom == AF_UNIX ? "unix" : "other";
+	return dom == AF_INET    ? "inet"
+	       : dom == AF_INET6 ? "inet6"
+	       : dom == AF_UNIX  ? "unix"
+	                         : "other";
 }
 
 static void escape(const char *in, size_t n, char *out, size_t outlen)
@@ -257,7 +260,8 @@ static void on_accept(struct client *c, int fd, const struct sockaddr_storage *s
 	else
 		addr_str(&gs, gsl, gss, sizeof(gss));
 	getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl);
-	logf_("accepted fd=%d peer=%s getpeername=%s local=%s family=%s type=%s nonblock=%d cloexec=%d",
+	logf_("accepted fd=%d peer=%s getpeername=%s local=%s family=%s type=%s nonblock=%d "
+	      "cloexec=%d",
 	      fd, c->peer, gps, gss, family_name(fd), type == SOCK_STREAM ? "stream" : "other",
 	      (fcntl(fd, F_GETFL) & O_NONBLOCK) ? 1 : 0, (fcntl(fd, F_GETFD) & FD_CLOEXEC) ? 1 : 0);
 	if (greeting != NULL) {
@@ -394,7 +398,8 @@ static void serve_poll(int lfd)
 			if (clients[i].fd < 0)
 				continue;
 			pfd[n].fd = clients[i].fd;
-			pfd[n].events = (clients[i].eof ? 0 : POLLIN) | (clients[i].outlen ? POLLOUT : 0);
+			pfd[n].events =
+			        (clients[i].eof ? 0 : POLLIN) | (clients[i].outlen ? POLLOUT : 0);
 			map[n++] = i;
 		}
 		if (poll(pfd, (nfds_t)n, -1) < 0) {
@@ -409,7 +414,8 @@ static void serve_poll(int lfd)
 			int r = 1;
 			if (pfd[k].revents & (POLLIN | POLLHUP | POLLERR))
 				r = do_read(c);
-			if (r >= 0 && process(c) == 0 && do_write(c) == 0 && !(c->eof && c->outlen == 0))
+			if (r >= 0 && process(c) == 0 && do_write(c) == 0 &&
+			    !(c->eof && c->outlen == 0))
 				continue;
 			close_client(c);
 			nclients--;
@@ -418,9 +424,11 @@ static void serve_poll(int lfd)
 			for (;;) {
 				struct sockaddr_storage ss;
 				socklen_t sl = sizeof(ss);
-				int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+				int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
+				                 SOCK_NONBLOCK | SOCK_CLOEXEC);
 				if (fd < 0) {
-					if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
+					if (errno == EAGAIN || errno == EINTR ||
+					    errno == ECONNABORTED)
 						break;
 					die("accept4");
 				}
