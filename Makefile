@@ -97,9 +97,11 @@ test-inproc: $(BUILD)/tests/semantics_test certs
 	TLSSHIM_CA_FILE=$(abspath $(CERTS))/ca.pem TLSSHIM_CERTS=$(abspath $(CERTS)) \
 		$(BUILD)/tests/semantics_test --gtest_brief=1
 
+# E2E selects files (default: all of tests/e2e).
+E2E ?= tests/e2e
 test-e2e: all certs
 	TLSSHIM_LIB=$(abspath $(BUILD))/libtlsshim.so TLSSHIM_BIN=$(abspath $(BUILD))/tlsshim \
-		TLSSHIM_CERTS=$(abspath $(CERTS)) bats --timing tests/e2e
+		TLSSHIM_CERTS=$(abspath $(CERTS)) bats --timing $(E2E)
 
 test: test-unit test-inproc test-e2e
 
