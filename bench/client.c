@@ -217,8 +217,9 @@ static double cpu_of(long pid)
 	fclose(f);
 	buf[n] = '\0';
 	p = strrchr(buf, ')'); /* the command name may hold spaces */
-	if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
-	                        &ut, &st, &cut, &cst) != 4)
+	if (p == NULL ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &ut,
+	           &st, &cut, &cst) != 4)
 		return 0;
 	return (double)(ut + st + cut + cst) / (double)sysconf(_SC_CLK_TCK);
 }

@@ -40,11 +40,11 @@ bash "$root/scripts/install-deps.sh" --bench >&2
 [ -f "$lib" ] || { say "$lib missing: run make first"; exit 1; }
 
 mkdir -p "$out"
-CFLAGS_BENCH="-std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Wshadow -Werror"
+cflags=(-std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Wshadow -Werror)
 for p in server client; do
 	if [ ! -x "$out/bench-$p" ] || [ "$root/bench/$p.c" -nt "$out/bench-$p" ] ||
 		[ "$root/bench/bench.h" -nt "$out/bench-$p" ]; then
-		gcc $CFLAGS_BENCH -o "$out/bench-$p" "$root/bench/$p.c" -lssl -lcrypto -lpthread
+		gcc "${cflags[@]}" -o "$out/bench-$p" "$root/bench/$p.c" -lssl -lcrypto -lpthread
 	fi
 done
 bash "$root/scripts/gen-certs.sh" "$out/certs"
@@ -70,8 +70,7 @@ free_port() {
 }
 
 wait_port() { # port: bounded wait until something listens on 127.0.0.1:port
-	local i
-	for i in $(seq 1 100); do
+	for _ in $(seq 1 100); do
 		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
 		sleep 0.05
 	done
@@ -80,12 +79,12 @@ wait_port() { # port: bounded wait until something listens on 127.0.0.1:port
 }
 
 start_server() { # name [--tls cert key]: sets PORT
-	local name=$1 i
+	local name=$1
 	shift
 	setsid "$out/bench-server" --port-file "$out/run/$name.port" --max-seconds 1800 "$@" \
 		>"$out/run/$name.log" 2>&1 &
-	pids+=($!)
-	for i in $(seq 1 100); do
+	pids+=("$!")
+	for _ in $(seq 1 100); do
 		[ -s "$out/run/$name.port" ] && break
 		sleep 0.05
 	done
@@ -128,7 +127,7 @@ socket = r:TCP_NODELAY=1
 EOF
 setsid stunnel4 "$out/run/stunnel.conf" >"$out/run/stunnel.out" 2>&1 &
 STUNNEL_PID=$!
-pids+=($STUNNEL_PID)
+pids+=("$STUNNEL_PID")
 
 # socat, a process per connection; -b 65536 (its default is 8192, which
 # halves its bulk throughput here) to match the 64 KiB the others use.
@@ -136,7 +135,7 @@ setsid socat -b 65536 \
 	"TCP-LISTEN:$SOCAT_PORT,bind=127.0.0.1,reuseaddr,fork,nodelay,backlog=4096" \
 	"OPENSSL:127.0.0.1:$TLS_PORT,cafile=$ca,verify=1,nodelay" >"$out/run/socat.log" 2>&1 &
 SOCAT_PID=$!
-pids+=($SOCAT_PID)
+pids+=("$SOCAT_PID")
 wait_port "$STUNNEL_PORT"
 wait_port "$STUNNEL_NR_PORT"
 wait_port "$SOCAT_PORT"
@@ -180,8 +179,8 @@ interleave() {
 		shift
 	done
 	shift
-	local r w
-	for r in $(seq 1 "$reps"); do
+	local w
+	for _ in $(seq 1 "$reps"); do
 		for w in "${who[@]}"; do
 			run_one "$w" "$wl" "$@"
 		done

@@ -23,6 +23,7 @@
 #include "conf.h"
 #include "fdreg.h"
 #include "log.h"
+#include "tlsio.h"
 #include "real.h"
 
 #include <errno.h>
@@ -89,6 +90,12 @@ struct relay_conn {
 	bool net_drained;            /* the last read of the TLS socket emptied it */
 	struct sockaddr_storage peer;
 	char name[256];
+	bool server;      /* inbound: accepted by the program */
+	bool handshaking; /* inbound: the server handshake is still running */
+	long hs_deadline; /* CLOCK_MONOTONIC ms */
+	char rule[96];    /* inbound section, for log lines */
+	struct sockaddr_storage local;
+	struct tls_failure why; /* what the handshake found, for the log */
 };
 
 static pthread_mutex_t relay_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -103,9 +110,10 @@ static int relay_wakefd = -1;
 static struct relay_conn *relay_conns;
 static struct relay_conn *relay_zombies; /* torn down this batch, freed after it */
 static long relay_nconns;
+static long relay_nhandshaking; /* inbound handshakes in progress, under relay_lock */
 static struct side relay_wake_side = {NULL, SIDE_WAKE};
-static unsigned char *relay_scratch;          /* relay thread only */
-static unsigned char *relay_pool[POOL_MAX];   /* relay thread only */
+static unsigned char *relay_scratch;        /* relay thread only */
+static unsigned char *relay_pool[POOL_MAX]; /* relay thread only */
 static int relay_npool;
 
 /* --- buffers -------------------------------------------------------------- */
@@ -182,8 +190,8 @@ static void stash_take_scratch(struct stash *s, size_t off, size_t len)
  * ask again until epoll says there is more.  With read-ahead on, this saves
  * the recv() that would only have returned EAGAIN.
  */
-static long net_bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
-                       int ret, size_t *processed)
+static long net_bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret,
+                       size_t *processed)
 {
 	struct relay_conn *c = (struct relay_conn *)BIO_get_callback_arg(b);
 
@@ -222,7 +230,8 @@ static void relay_log_failure(struct relay_conn *c, const char *reason)
 	struct log_event ev;
 
 	log_event_init(&ev, LOG_ERR, "relay_failed");
-	ev.dir = "out";
+	ev.dir = c->server ? "in" : "out";
+	ev.rule = c->rule[0] != '\0' ? c->rule : NULL;
 	ev.peer = (const struct sockaddr *)&c->peer;
 	ev.name = c->name[0] != '\0' ? c->name : NULL;
 	ev.stage = "relay";
@@ -260,6 +269,10 @@ static void relay_teardown(struct relay_conn *c)
 	stash_discard(&c->down);
 
 	pthread_mutex_lock(&relay_lock);
+	if (c->handshaking) {
+		c->handshaking = false;
+		relay_nhandshaking--;
+	}
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
@@ -332,7 +345,8 @@ static int pump_up(struct relay_conn *c)
 		if (c->app_eof || drained)
 			break;
 		n = recv(c->app_fd, relay_scratch, SCRATCH_SIZE, MSG_DONTWAIT);
-		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+		if (n == 0 ||
+		    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 			c->app_eof = true;
 			break;
 		}
@@ -469,6 +483,117 @@ static int pump_down(struct relay_conn *c)
 	return 0;
 }
 
+/* --- inbound handshakes ----------------------------------------------------- */
+
+/* One line about an inbound connection, from what its handshake recorded. */
+static void log_inbound(struct relay_conn *c, int severity, const char *event)
+{
+	struct tls_failure *w = &c->why;
+	struct log_event ev;
+
+	log_event_init(&ev, severity, event);
+	ev.dir = "in";
+	ev.peer = (const struct sockaddr *)&c->peer;
+	ev.local = (const struct sockaddr *)&c->local;
+	ev.rule = c->rule[0] != '\0' ? c->rule : NULL;
+	ev.stage = severity == LOG_INFO ? NULL : w->stage;
+	ev.reason = severity == LOG_INFO ? NULL : w->reason;
+	ev.x509_err = w->x509_err;
+	ev.depth = w->depth;
+	ev.subject = w->subject[0] ? w->subject : NULL; /* the client's certificate */
+	ev.issuer = w->issuer[0] ? w->issuer : NULL;
+	ev.serial = w->serial[0] ? w->serial : NULL;
+	ev.sha256 = w->sha256[0] ? w->sha256 : NULL;
+	ev.not_after = w->not_after[0] ? w->not_after : NULL;
+	if (c->ssl != NULL && SSL_is_init_finished(c->ssl)) {
+		ev.tls = SSL_get_version(c->ssl);
+		ev.cipher = SSL_get_cipher_name(c->ssl);
+		ev.resumed = SSL_session_reused(c->ssl) ? 1 : 0;
+	}
+	log_emit(&ev);
+}
+
+static void handshake_finished(struct relay_conn *c)
+{
+	pthread_mutex_lock(&relay_lock);
+	if (c->handshaking) {
+		c->handshaking = false;
+		relay_nhandshaking--;
+	}
+	pthread_mutex_unlock(&relay_lock);
+}
+
+/*
+ * Drives an inbound server handshake.  Returns 0 once it is complete (the
+ * caller goes on to relay), 1 while it waits or after the connection was
+ * torn down (a failed handshake closes the program's end: it sees EOF).
+ */
+static int handshake_step(struct relay_conn *c, uint32_t app_ev)
+{
+	int r, err, sys_errno;
+
+	if (app_ev & (EPOLLHUP | EPOLLERR)) {
+		relay_teardown(c); /* the program closed it before TLS came up */
+		return 1;
+	}
+	ERR_clear_error();
+	errno = 0;
+	r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		X509 *client = SSL_get0_peer_certificate(c->ssl);
+
+		handshake_finished(c);
+		if (client != NULL)
+			tlsio_describe_cert(client, &c->why);
+		if (conf_get()->log_success)
+			log_inbound(c, LOG_INFO, "connected");
+		return 0;
+	}
+	sys_errno = errno;
+	err = SSL_get_error(c->ssl, r);
+	if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+		relay_set_mask(c, SIDE_NET, err == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT);
+		relay_set_mask(c, SIDE_APP, 0); /* the program waits; HUP still reported */
+		return 1;
+	}
+	tlsio_server_failure(c->ssl, err, sys_errno, &c->why);
+	log_inbound(c, LOG_ERR, c->why.event);
+	relay_teardown(c);
+	return 1;
+}
+
+/*
+ * Tears down inbound handshakes past their deadline.  Returns milliseconds
+ * to the next deadline, or -1 when no handshake is running.
+ */
+static int expire_handshakes(void)
+{
+	struct relay_conn *expired[64], *c;
+	long now = tlsio_now_ms(), next = -1;
+	int n = 0, i;
+
+	pthread_mutex_lock(&relay_lock);
+	for (c = relay_conns; c != NULL && relay_nhandshaking > 0; c = c->next) {
+		if (!c->handshaking)
+			continue;
+		if (c->hs_deadline <= now && n < (int)(sizeof(expired) / sizeof(expired[0])))
+			expired[n++] = c;
+		else if (next < 0 || c->hs_deadline < next)
+			next = c->hs_deadline;
+	}
+	pthread_mutex_unlock(&relay_lock);
+	for (i = 0; i < n; i++) {
+		c = expired[i];
+		c->why.stage = "timeout";
+		snprintf(c->why.reason, sizeof(c->why.reason), "handshake timed out");
+		log_inbound(c, LOG_ERR, "handshake_failed");
+		relay_teardown(c);
+	}
+	if (n == (int)(sizeof(expired) / sizeof(expired[0])))
+		return 0; /* more may have expired: come straight back */
+	return next < 0 ? -1 : (int)(next > now ? next - now : 0);
+}
+
 /*
  * Runs the direction(s) that an event can move, then registers what is
  * needed next, or tears the connection down when both directions are
@@ -478,6 +603,13 @@ static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 {
 	uint32_t app_want = 0, net_want;
 	bool up_done, down_done, run_up, run_down;
+
+	if (c->handshaking) {
+		if (handshake_step(c, app_ev) != 0)
+			return;
+		app_ev |= EPOLLIN; /* what the program wrote meanwhile may go now */
+		net_ev |= EPOLLIN;
+	}
 
 	if (app_ev & (EPOLLHUP | EPOLLERR)) {
 		/*
@@ -624,6 +756,7 @@ static void *relay_main(void *arg)
 				pump(s->c, 0, evs[i].events);
 		}
 
+		timeout = expire_handshakes();
 		if (exiting) {
 			long now = relay_now_ms();
 
@@ -631,7 +764,8 @@ static void *relay_main(void *arg)
 				deadline = now + EXIT_FLUSH_MS;
 			if (relay_all_flushed() || now >= deadline)
 				break;
-			timeout = (int)(deadline - now);
+			if (timeout < 0 || deadline - now < timeout)
+				timeout = (int)(deadline - now);
 		}
 	}
 	pthread_mutex_lock(&relay_lock);
@@ -737,12 +871,19 @@ int relay_add(const struct relay_spec *spec)
 	c->ssl = spec->ssl;
 	c->peer = spec->peer;
 	memcpy(c->name, spec->name, sizeof(c->name));
+	if (spec->server) {
+		c->server = c->handshaking = true;
+		c->hs_deadline = spec->handshake_deadline_ms;
+		c->local = spec->local;
+		memcpy(c->rule, spec->rule, sizeof(c->rule));
+		tlsio_track_failure(c->ssl, &c->why);
+	}
 	/*
 	 * The first pump must run at once: the handshake may have left
 	 * application data inside OpenSSL's buffer, which no readiness event
 	 * would announce.  An empty socketpair is writable, so EPOLLOUT fires.
 	 */
-	c->app_mask = EPOLLIN | EPOLLOUT;
+	c->app_mask = c->server ? 0 : EPOLLIN | EPOLLOUT;
 	c->net_mask = EPOLLIN;
 
 	pthread_mutex_lock(&relay_lock);
@@ -776,6 +917,12 @@ int relay_add(const struct relay_spec *spec)
 		relay_conns->prev = c;
 	relay_conns = c;
 	relay_nconns++;
+	if (c->handshaking) {
+		relay_nhandshaking++;
+		/* A new deadline may be the nearest: have the thread recompute. */
+		if (write(relay_wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
+			log_debug("relay wake failed");
+	}
 	pthread_mutex_unlock(&relay_lock);
 	return 0;
 err:
@@ -816,6 +963,7 @@ void relay_atfork_child(void)
 	relay_conns = NULL;
 	relay_zombies = NULL;
 	relay_nconns = 0;
+	relay_nhandshaking = 0;
 	relay_epfd = relay_wakefd = -1;
 	relay_scratch = NULL; /* like the connections: abandoned, not freed */
 	relay_npool = 0;
