@@ -300,6 +300,57 @@ static void print_tls(const struct conf_tls *t, const char *indent)
 	printf("\n");
 }
 
+static void print_inbound_one(const struct conf_inbound *in, const char *indent)
+{
+	size_t j;
+
+	if (in->action == ACTION_PLAINTEXT) {
+		printf("%splaintext (an explicit exception)\n", indent);
+		return;
+	}
+	printf("%scert=%s key=%s min_protocol=%s client_cert=%s", indent,
+	       in->cert ? in->cert : "(none: connections refused)", in->key ? in->key : "-",
+	       in->min_protocol == 0x0304 ? "TLSv1.3" : "TLSv1.2",
+	       in->client_cert == CLIENT_CERT_REQUIRE    ? "require"
+	       : in->client_cert == CLIENT_CERT_OPTIONAL ? "optional"
+	                                                 : "none");
+	if (in->client_ca)
+		printf(" client_ca=%s", in->client_ca);
+	if (in->ocsp_response_file)
+		printf(" ocsp_response_file=%s", in->ocsp_response_file);
+	printf("\n%sallow_from:", indent);
+	for (j = 0; j < in->nallow; j++)
+		printf("%s %s", j ? "," : "", in->allow_from[j].text);
+	if (in->nallow == 0)
+		printf(" any source");
+	if (in->nallow_client > 0) {
+		printf("\n%sallow_client:", indent);
+		for (j = 0; j < in->nallow_client; j++)
+			printf("%s %s", j ? "," : "", in->allow_client[j]);
+	}
+	printf("\n");
+}
+
+static void print_inbound(const struct shim_conf *c)
+{
+	size_t i, j;
+
+	if (c->file == NULL) {
+		printf("inbound: not protected (no configuration file)\n");
+		return;
+	}
+	printf("inbound (the first listen match decides):\n");
+	for (i = 0; i < c->ninbound; i++) {
+		printf("  %zu. [%s] listen:", i + 1, c->inbound[i].section);
+		for (j = 0; j < c->inbound[i].nlisten; j++)
+			printf("%s %s", j ? "," : "", c->inbound[i].listen[j].text);
+		printf("\n");
+		print_inbound_one(&c->inbound[i], "       ");
+	}
+	printf("  *. (no section matches) ");
+	print_inbound_one(&c->inbound_dft, "");
+}
+
 static int cmd_check(int argc, char **argv)
 {
 	struct shim_conf c;
@@ -336,6 +387,7 @@ static int cmd_check(int argc, char **argv)
 	print_tls(&c.tls, "       ");
 	if (p.global_ctx == NULL)
 		printf("       (no global trust: such connections are refused)\n");
+	print_inbound(&c);
 	printf("ok\n");
 	return 0;
 }
