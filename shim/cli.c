@@ -347,8 +347,9 @@ static void print_inbound(const struct shim_conf *c)
 		printf("\n");
 		print_inbound_one(&c->inbound[i], "       ");
 	}
-	printf("  *. (no section matches) ");
-	print_inbound_one(&c->inbound_dft, "");
+	printf("  *. (no section matches): %s\n",
+	       c->inbound_dft.action == ACTION_PLAINTEXT ? "inbound_default = plaintext" : "tls");
+	print_inbound_one(&c->inbound_dft, "       ");
 }
 
 static int cmd_check(int argc, char **argv)
