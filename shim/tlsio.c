@@ -23,6 +23,8 @@
 #include <sys/stat.h>
 #include <openssl/err.h>
 #include <openssl/ocsp.h>
+#include <openssl/core_names.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
@@ -1132,6 +1134,83 @@ static int server_status_cb(SSL *ssl, void *arg)
 	return SSL_TLSEXT_ERR_OK;
 }
 
+/*
+ * Session tickets (RFC 5077) under keys that exist only in this process's
+ * memory and rotate: a key encrypts new tickets for TICKET_KEY_LIFETIME_S,
+ * then only decrypts (renewing the ticket) for as long again, then is gone.
+ * A restart forgets every key, so a stolen ticket is worthless after at most
+ * two lifetimes.
+ */
+#define TICKET_KEY_LIFETIME_S 3600
+
+struct ticket_key {
+	unsigned char name[16];
+	unsigned char aes[32];
+	unsigned char hmac[32];
+	time_t created; /* 0: unused */
+};
+
+static pthread_mutex_t ticket_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ticket_key ticket_keys[2]; /* [0] current, [1] previous */
+
+/* Caller holds ticket_lock. Returns 0, or -1 when no randomness is to be had. */
+static int ticket_rotate_locked(time_t now)
+{
+	if (ticket_keys[0].created != 0 && now - ticket_keys[0].created < TICKET_KEY_LIFETIME_S)
+		return 0;
+	ticket_keys[1] = ticket_keys[0];
+	if (RAND_bytes(ticket_keys[0].name, sizeof(ticket_keys[0].name)) != 1 ||
+	    RAND_priv_bytes(ticket_keys[0].aes, sizeof(ticket_keys[0].aes)) != 1 ||
+	    RAND_priv_bytes(ticket_keys[0].hmac, sizeof(ticket_keys[0].hmac)) != 1) {
+		OPENSSL_cleanse(&ticket_keys[0], sizeof(ticket_keys[0]));
+		return -1;
+	}
+	ticket_keys[0].created = now;
+	return 0;
+}
+
+static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
+{
+	struct ticket_key k;
+	OSSL_PARAM params[2];
+	time_t now = time(NULL);
+	int rc = 0, which = -1, i;
+
+	(void)ssl;
+	pthread_mutex_lock(&ticket_lock);
+	if (ticket_rotate_locked(now) == 0) {
+		if (enc) {
+			which = 0;
+		} else {
+			for (i = 0; i < 2; i++)
+				if (ticket_keys[i].created != 0 &&
+				    now - ticket_keys[i].created < 2 * TICKET_KEY_LIFETIME_S &&
+				    memcmp(name, ticket_keys[i].name, 16) == 0)
+					which = i;
+		}
+	}
+	if (which >= 0)
+		k = ticket_keys[which];
+	pthread_mutex_unlock(&ticket_lock);
+	if (which < 0)
+		return 0; /* unknown or expired key: a full handshake */
+	params[0] = OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0);
+	params[1] = OSSL_PARAM_construct_end();
+	if (enc) {
+		memcpy(name, k.name, 16);
+		if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) == 1 &&
+		    EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+		    EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) == 1)
+			rc = 1;
+	} else if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+	           EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) == 1) {
+		rc = which == 0 ? 1 : 2; /* 2: valid, but issue a ticket under the new key */
+	}
+	OPENSSL_cleanse(&k, sizeof(k));
+	return rc;
+}
+
 SSL_CTX *tlsio_server_ctx_new(const struct conf_inbound *in, char *err, size_t errlen)
 {
 	static const unsigned char sid_ctx[] = "tlsshim";
@@ -1155,8 +1234,9 @@ SSL_CTX *tlsio_server_ctx_new(const struct conf_inbound *in, char *err, size_t e
 	                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                              SSL_MODE_ENABLE_PARTIAL_WRITE);
-	/* Resumption: tickets under keys that exist only in this process's memory. */
+	/* Resumption: tickets under rotating keys that exist only in memory. */
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
 	if (in->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, in->ciphers) != 1) {
 		ctx_error(err, errlen, "ciphers = %s: no usable cipher", in->ciphers);
 		goto err;

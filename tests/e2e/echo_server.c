@@ -3,7 +3,7 @@
  * (tests/e2e/inbound.bats). It knows nothing of TLS: run under
  * LD_PRELOAD=libtlsshim.so, its clients must speak TLS to it.
  *
- *   echo_server [-m poll|fork] [-g GREETING] ADDRESS
+ *   echo_server [-m poll|fork] [-g GREETING] [-d] ADDRESS
  *
  *   ADDRESS   127.0.0.1:PORT, [::1]:PORT, *:PORT (IPv4 any), [::]:PORT, or
  *             unix:PATH (a Unix stream socket, which the shim never touches)
@@ -12,6 +12,9 @@
  *   -m fork   blocking accept(), one child process per client
  *   -g TEXT   send "TEXT\n" to every client as soon as it is accepted
  *             (a server-speaks-first protocol, like SMTP or FTP)
+ *   -d        dual stack: an IPv6 ADDRESS (e.g. [::]:PORT) also takes IPv4
+ *             clients, as IPv4-mapped addresses (IPV6_V6ONLY off; it is on
+ *             otherwise)
  *
  * Protocol: every line received is sent back, except the line "peer?",
  * which is answered with "peer=IP:PORT local=IP:PORT\n" from getpeername()
@@ -48,6 +51,7 @@
 #define BUF         16384
 
 static const char *greeting;
+static int dual_stack;
 
 static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logf_(const char *fmt, ...)
@@ -331,8 +335,10 @@ static int listen_on(const char *spec)
 		die("socket");
 	if (ss.ss_family != AF_UNIX)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (ss.ss_family == AF_INET6) {
+		int v6only = dual_stack ? 0 : 1;
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+	}
 	if (bind(fd, (struct sockaddr *)&ss, sl) != 0)
 		die("bind");
 	if (listen(fd, 128) != 0)
@@ -454,11 +460,13 @@ int main(int argc, char **argv)
 	const char *mode = "poll";
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:g:")) != -1) {
+	while ((opt = getopt(argc, argv, "m:g:d")) != -1) {
 		if (opt == 'm')
 			mode = optarg;
 		else if (opt == 'g')
 			greeting = optarg;
+		else if (opt == 'd')
+			dual_stack = 1;
 		else
 			goto usage;
 	}
@@ -472,6 +480,6 @@ int main(int argc, char **argv)
 		serve_poll(lfd);
 	return 0;
 usage:
-	fprintf(stderr, "usage: echo_server [-m poll|fork] [-g GREETING] ADDRESS\n");
+	fprintf(stderr, "usage: echo_server [-m poll|fork] [-g GREETING] [-d] ADDRESS\n");
 	return 2;
 }
