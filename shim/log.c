@@ -17,7 +17,8 @@
  * nor repeat it.  The one wait is at exit (see below).
  *
  * Folding.  Identical events -- same event name, peer and reason -- within
- * log_repeat_window_ms are folded, so a retry loop cannot flood the log:
+ * log_repeat_window_ms are folded, so a retry loop cannot flood the log (an
+ * inbound peer is its address without the port, plus the listener):
  *  - the first occurrence is sent at once and opens a window for its key in
  *    a fixed table of FOLD_SLOTS slots;
  *  - later occurrences inside the window are not sent; the slot counts them
@@ -215,6 +216,15 @@ static bool addr_text(const struct sockaddr *sa, char *text, size_t len)
 		return true;
 	}
 	return false;
+}
+
+/* `text` without its `:port`. */
+static void addr_strip_port(char *text)
+{
+	char *colon = strrchr(text, ':');
+
+	if (colon != NULL)
+		*colon = '\0';
 }
 
 static void out_addr(struct out *o, const char *key, const struct sockaddr *sa)
@@ -540,11 +550,17 @@ static void chan_flush_locked(struct log_chan *c, long long now_ms, bool all)
 			fold_close_locked(c, i);
 }
 
-/* The folding key of `ev` (event, peer, reason) into `key`; returns its hash. */
+/*
+ * The folding key of `ev` into `key`; returns its hash.  The key is the event,
+ * the peer and the reason.  An inbound peer comes from a new port with every
+ * connection, so there the peer is its address alone, and the listener
+ * (`local`) is part of the key instead.
+ */
 static uint64_t fold_key(const struct log_event *ev, char *key, size_t len)
 {
-	char peer[INET6_ADDRSTRLEN + 10] = "";
-	const char *parts[3];
+	char peer[INET6_ADDRSTRLEN + 10] = "", local[INET6_ADDRSTRLEN + 10] = "";
+	bool in = ev->dir != NULL && strcmp(ev->dir, "in") == 0;
+	const char *parts[4];
 	struct out o = {key, len, 0};
 	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
 	const unsigned char *p;
@@ -552,10 +568,15 @@ static uint64_t fold_key(const struct log_event *ev, char *key, size_t len)
 
 	if (!addr_text(ev->peer, peer, sizeof(peer)))
 		peer[0] = '\0';
+	else if (in)
+		addr_strip_port(peer);
+	if (!in || !addr_text(ev->local, local, sizeof(local)))
+		local[0] = '\0';
 	parts[0] = ev->event != NULL ? ev->event : "";
 	parts[1] = peer;
-	parts[2] = ev->reason != NULL ? ev->reason : "";
-	for (i = 0; i < 3; i++) {
+	parts[2] = local;
+	parts[3] = ev->reason != NULL ? ev->reason : "";
+	for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
 		for (p = (const unsigned char *)parts[i]; *p != '\0'; p++)
 			h = (h ^ *p) * 1099511628211ULL;
 		h = (h ^ 0x1f) * 1099511628211ULL;

@@ -738,6 +738,60 @@ EOF
   lacks "$TMP/miss.err" "id=miss"
 }
 
+# issue_client NAME CN SAN: a clientAuth certificate from ca.pem with
+# subjectAltName SAN (an openssl extension value, e.g. DNS:a.example or
+# DER:hex), in $TMP/pki/NAME.pem and NAME.key.
+issue_client() {
+  local name=$1 cn=$2 san=$3 d=$TMP/pki
+  mkdir -p "$d"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/$name.key" 2>/dev/null
+  openssl req -new -key "$d/$name.key" -subj "/O=tlsshim test/CN=$cn" -out "$d/$name.csr"
+  printf '[v3]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\nsubjectAltName = %s\n' \
+    "$san" >"$d/$name.ext"
+  openssl x509 -req -in "$d/$name.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" \
+    -set_serial "0x$(openssl rand -hex 8)" -days 2 -sha256 -extfile "$d/$name.ext" \
+    -extensions v3 -out "$d/$name.pem" 2>/dev/null
+  openssl verify -CAfile "$CERTS/ca.pem" -purpose sslclient "$d/$name.pem" >/dev/null
+}
+
+@test "allow_client DNS:*.mgmt.internal: a matching SAN is admitted; a SAN that hides a NUL byte is not" {
+  issue_client ops1 ops-host "DNS:ops1.mgmt.internal"
+  # dNSName "ops1.mgmt.internal\0.evil.example": a CA that checks the suffix
+  # of requested names (.evil.example) issues it; read as a C string it is
+  # ops1.mgmt.internal.
+  local hex
+  hex=$("$PY" -c '
+n = b"ops1.mgmt.internal\x00.evil.example"
+gn = b"\x82" + bytes([len(n)]) + n
+print((b"\x30" + bytes([len(gn)]) + gn).hex())')
+  issue_client nul ops-host "DER:$hex"
+  conf=$(write_conf c <<EOF
+$(base_conf "inbound = inbound")
+[inbound]
+1 = api
+[api]
+listen = 127.0.0.1:$port
+client_ca = $CERTS/ca.pem
+client_cert = require
+allow_client = DNS:*.mgmt.internal
+EOF
+  )
+  start_http api "$conf" "$port"
+  get "https://localhost:$port/?id=ops1" --cert "$TMP/pki/ops1.pem" --key "$TMP/pki/ops1.key"
+  assert_status 0
+  assert_output_has "inbound-page api"
+  get "https://localhost:$port/?id=nul" --cert "$TMP/pki/nul.pem" --key "$TMP/pki/nul.key"
+  assert_refused
+  # shellcheck disable=SC2046
+  get "https://localhost:$port/?id=client" $(with_cert client)
+  assert_refused
+  get "https://localhost:$port/?id=barrier" --cert "$TMP/pki/ops1.pem" --key "$TMP/pki/ops1.key"
+  assert_status 0
+  wait_has "$TMP/api.err" "id=barrier"
+  lacks "$TMP/api.err" "id=nul"
+  lacks "$TMP/api.err" "id=client "
+}
+
 # --- tests: what the program sees -------------------------------------------------------
 
 # assert_echo_peer NAME LOCAL: the last `run` of `inclient.py tls ... --send

@@ -417,6 +417,44 @@ TEST_F(Chan, OnlyEventPeerAndReasonTogetherFold)
 	EXPECT_TRUE(bodies().empty());
 }
 
+// An inbound client comes from a new port with every connection: its
+// address, and the listener, make the key.
+TEST_F(Chan, InboundPeersFoldByAddressAndListener)
+{
+	open(10000);
+	struct sockaddr_in listener = v4("127.0.0.1", 8443), other_listener = v4("127.0.0.1", 9443);
+	auto denied = [&](const char *ip, int port, struct sockaddr_in *local) {
+		Ev e("denied", "source not in allow_from", port);
+		e.peer = v4(ip, port);
+		e.ev.peer = reinterpret_cast<struct sockaddr *>(&e.peer);
+		e.ev.dir = "in";
+		e.ev.local = reinterpret_cast<struct sockaddr *>(local);
+		return e;
+	};
+	for (int port = 40000; port < 40005; port++) {
+		Ev e = denied("192.0.2.9", port, &listener);
+		e.ev.peer = reinterpret_cast<struct sockaddr *>(&e.peer);
+		e.ev.reason = e.reason.c_str();
+		emit(e, port - 40000);
+	}
+	EXPECT_EQ(bodies().size(), 1u) << "one client, five source ports: folded";
+	Ev other_ip = denied("192.0.2.10", 40000, &listener);
+	other_ip.ev.peer = reinterpret_cast<struct sockaddr *>(&other_ip.peer);
+	other_ip.ev.reason = other_ip.reason.c_str();
+	emit(other_ip, 6);
+	Ev other_port = denied("192.0.2.9", 40001, &other_listener);
+	other_port.ev.peer = reinterpret_cast<struct sockaddr *>(&other_port.peer);
+	other_port.ev.reason = other_port.reason.c_str();
+	emit(other_port, 7);
+	EXPECT_EQ(bodies().size(), 2u) << "another client, another listener: not folded";
+	log_chan_flush(chan, 8, true);
+	auto got = bodies();
+	ASSERT_EQ(got.size(), 1u);
+	EXPECT_EQ(field(got[0], "repeated"), 4);
+	EXPECT_NE(got[0].find(" peer=192.0.2.9:40004 local=127.0.0.1:8443 "), std::string::npos)
+	        << got[0];
+}
+
 TEST_F(Chan, ConnectedAuditLinesAreNeverFolded)
 {
 	open(10000);
