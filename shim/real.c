@@ -20,6 +20,7 @@ static int real_ok;
 static void real_bind(void)
 {
 	BIND(connect);
+	BIND(listen);
 	BIND(accept);
 	BIND(accept4);
 	BIND(close);
@@ -37,10 +38,11 @@ static void real_bind(void)
 	BIND(gethostbyname2);
 	BIND(gethostbyname_r);
 	BIND(gethostbyname2_r);
-	real_ok = real.connect && real.accept && real.accept4 && real.close && real.getpeername &&
-	          real.getsockname && real.getsockopt && real.setsockopt && real.sendto &&
-	          real.sendmsg && real.sendmmsg && real.getaddrinfo && real.gethostbyname &&
-	          real.gethostbyname2 && real.gethostbyname_r && real.gethostbyname2_r;
+	real_ok = real.connect && real.listen && real.accept && real.accept4 && real.close &&
+	          real.getpeername && real.getsockname && real.getsockopt && real.setsockopt &&
+	          real.sendto && real.sendmsg && real.sendmmsg && real.getaddrinfo &&
+	          real.gethostbyname && real.gethostbyname2 && real.gethostbyname_r &&
+	          real.gethostbyname2_r;
 }
 
 int real_init(void)

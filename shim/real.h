@@ -16,6 +16,7 @@
 
 struct real_fns {
 	int (*connect)(int, const struct sockaddr *, socklen_t);
+	int (*listen)(int, int);
 	int (*accept)(int, struct sockaddr *, socklen_t *);
 	int (*accept4)(int, struct sockaddr *, socklen_t *, int);
 	int (*close)(int);

@@ -4,14 +4,21 @@
  * A level-triggered epoll loop over two descriptors per connection: the
  * relay's end of the program's socketpair ("app") and the TLS socket
  * ("net").  Each readiness event runs pump() for its connection, which moves
- * data both ways until something would block, then registers exactly the
+ * data in the direction(s) the event concerns until nothing more is
+ * readable now or something would block, then registers exactly the
  * readiness that is now needed.  Every OpenSSL call is non-blocking and
  * driven by SSL_get_error() (a blocking SSL_read would swallow TLS 1.3
  * tickets and then wait for data that may never come).
  *
+ * Cost per message (docs/performance.md): one epoll_wait, one recv and one
+ * send each way.  Read-ahead takes a whole record in one recv(), a BIO
+ * callback says when a read emptied the socket (so no recv() is spent on
+ * EAGAIN), and up to four records go to the program in one send().
+ *
  * Buffers: a connection owns no data buffer while idle.  Data goes through
- * one per-thread scratch buffer; only what could not be passed on at once
- * is copied into a per-connection stash, which also stops reading from that
+ * one per-thread scratch buffer; what could not be passed on at once stays
+ * in that very buffer, which becomes the connection's stash (the thread
+ * takes another from a small pool), and the stash stops reading from that
  * side until it drains (backpressure both ways).
  *
  * Half-close: EOF from the program sends close_notify and a TCP FIN while the

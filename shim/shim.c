@@ -49,7 +49,9 @@ static void say_config_error(const char *why)
 	if (atomic_exchange(&config_error_said, 1) != 0)
 		return;
 	n = snprintf(line, sizeof(line),
-	             "tlsshim: %s; refusing every outbound TCP connection of this process\n", why);
+	             "tlsshim: %s; refusing every TCP connection of this process (outbound, and "
+	             "inbound where configured)\n",
+	             why);
 	if (n > 0 &&
 	    write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) < 0)
 		n = 0;
@@ -615,8 +617,8 @@ err:
 
 static int shim_accept4(int lfd, struct sockaddr *addr, socklen_t *addrlen, int flags)
 {
-	struct sockaddr_storage local, peer;
-	socklen_t local_len = sizeof(local), peer_len;
+	struct sockaddr_storage local, peer, conn_local;
+	socklen_t local_len = sizeof(local), peer_len, conn_local_len;
 	const struct conf_inbound *in;
 	const struct policy *p;
 	SSL_CTX *ctx = NULL;
@@ -633,10 +635,14 @@ static int shim_accept4(int lfd, struct sockaddr *addr, socklen_t *addrlen, int 
 	if (p->usable) {
 		in = policy_inbound(p, (struct sockaddr *)&local, &ctx);
 		if (in->action == ACTION_PLAINTEXT) {
-			fd = real.accept4(lfd, addr, addrlen, flags);
-			if (fd >= 0)
-				log_inbound(LOG_NOTICE, "plaintext_allowed", addr,
-				            (struct sockaddr *)&local, in, "plaintext exception");
+			peer_len = sizeof(peer);
+			fd = real.accept4(lfd, (struct sockaddr *)&peer, &peer_len, flags);
+			if (fd < 0)
+				return -1;
+			log_inbound(LOG_NOTICE, "plaintext_allowed", (struct sockaddr *)&peer,
+			            (struct sockaddr *)&local, in, "plaintext exception");
+			if (addr != NULL && addrlen != NULL)
+				copy_addr(&peer, peer_len, addr, addrlen);
 			return fd;
 		}
 	} else {
@@ -668,10 +674,17 @@ static int shim_accept4(int lfd, struct sockaddr *addr, socklen_t *addrlen, int 
 			drop_client(tcp);
 			continue;
 		}
+		/* The connection's own address, not the listener's (a wildcard). */
+		conn_local_len = sizeof(conn_local);
+		if (real.getsockname(tcp, (struct sockaddr *)&conn_local, &conn_local_len) != 0) {
+			drop_client(tcp);
+			continue;
+		}
 		tcp = fdreg_adopt(tcp);
 		if (tcp < 0)
 			return -1;
-		fd = hand_inbound(tcp, ctx, in, &peer, peer_len, &local, local_len, flags);
+		fd = hand_inbound(tcp, ctx, in, &peer, peer_len, &conn_local, conn_local_len,
+		                  flags);
 		if (fd < 0) {
 			int saved = errno;
 
@@ -933,6 +946,24 @@ TLSSHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	NOT_READY(-1);
 	return shim_connect(fd, addr, len);
+}
+
+/*
+ * A server that drops privileges (nginx's workers, most daemons) would read
+ * the configuration, certificates and keys too late, as the unprivileged
+ * user.  listen() on an IP socket is done while still privileged, and the
+ * workers are forked after it: load the policy there, once.
+ */
+TLSSHIM_EXPORT int listen(int fd, int backlog)
+{
+	struct sockaddr_storage ss;
+	socklen_t l = sizeof(ss);
+
+	NOT_READY(-1);
+	if (real.getsockname(fd, (struct sockaddr *)&ss, &l) == 0 &&
+	    (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
+		(void)policy_get();
+	return real.listen(fd, backlog);
 }
 
 TLSSHIM_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)

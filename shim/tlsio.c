@@ -1038,7 +1038,11 @@ static bool client_allowed(X509 *cert, const struct conf_inbound *in)
 				        X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, i));
 				unsigned char *utf8 = NULL;
 
-				if (ASN1_STRING_to_UTF8(&utf8, d) >= 0 && utf8 != NULL)
+				int n = ASN1_STRING_to_UTF8(&utf8, d);
+
+				/* A NUL inside the name would hide the rest of it from fnmatch. */
+				if (n >= 0 && utf8 != NULL &&
+				    strlen((const char *)utf8) == (size_t)n)
 					ok = pattern_matches(pat + 3, (const char *)utf8);
 				OPENSSL_free(utf8);
 			}
@@ -1046,10 +1050,14 @@ static bool client_allowed(X509 *cert, const struct conf_inbound *in)
 			for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans) && !ok; i++) {
 				GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
 
-				if (gn->type == GEN_DNS)
-					ok = pattern_matches(
-					        pat + 4,
-					        (const char *)ASN1_STRING_get0_data(gn->d.dNSName));
+				const char *dns;
+
+				if (gn->type != GEN_DNS)
+					continue;
+				dns = (const char *)ASN1_STRING_get0_data(gn->d.dNSName);
+				/* "ops.mgmt.internal\0.evil.example" is not ops.mgmt.internal. */
+				if (strlen(dns) == (size_t)ASN1_STRING_length(gn->d.dNSName))
+					ok = pattern_matches(pat + 4, dns);
 			}
 		}
 	}
@@ -1230,8 +1238,10 @@ SSL_CTX *tlsio_server_ctx_new(const struct conf_inbound *in, char *err, size_t e
 	SSL_CTX_set_min_proto_version(ctx,
 	                              in->min_protocol > 0 ? in->min_protocol : TLS1_2_VERSION);
 	SSL_CTX_set_security_level(ctx, 2);
+	/* Clients that close without close_notify are common: EOF, not an error. */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-	                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+	                                 SSL_OP_CIPHER_SERVER_PREFERENCE |
+	                                 SSL_OP_IGNORE_UNEXPECTED_EOF);
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                              SSL_MODE_ENABLE_PARTIAL_WRITE);
 	/* Resumption: tickets under rotating keys that exist only in memory. */

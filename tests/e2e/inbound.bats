@@ -18,7 +18,10 @@
 # What the shim logs (TLSSHIM_LOG_STDERR=1) lands in the server's
 # $BATS_TEST_TMPDIR/NAME.err beside the program's own messages (nginx: its
 # error.log too). Log lines are written by the relay thread, possibly after
-# the client has given up, so tests wait for them with `waitfor grep`.
+# the client has given up, so tests wait for them with `waitfor grep`. The
+# shim folds identical inbound failures from one client address (any port)
+# on one listener into one line; a test that needs a line per connection
+# uses a source address per connection (127.0.0.x, all on lo).
 #
 # "The program never saw it" is checked after a later, successful connection
 # has been served (an ordering barrier), from the program's own log: python's
@@ -539,10 +542,12 @@ EOF
   start_http web "$conf" "$port"
   get "https://localhost:$port/?id=tls"
   assert_refused
-  get "http://127.0.0.1:$port/?id=plain"
+  # From another address: the log folds repeated failures of one address.
+  get "http://127.0.0.1:$port/?id=plain" --interface 127.0.0.2
   assert_refused
   wait_log "$TMP/web.err" denied 'reason="[^"\n]*cert'
   wait_log "$TMP/web.err" denied 'reason="[^"\n]*key'
+  wait_log "$TMP/web.err" denied 'peer=127\.0\.0\.2:'
   [[ $(inlog_count "$TMP/web.err" denied) -ge 2 ]] || {
     cat "$TMP/web.err" >&2
     false
@@ -871,6 +876,26 @@ EOF
   has "$TMP/echo.out" "tls-$marker"
 }
 
+@test "inetd style (socat TCP-LISTEN,fork EXEC:cat): the forked child execs a handler on the connection" {
+  command -v socat >/dev/null || skip "socat is not installed (scripts/install-deps.sh --bench)"
+  conf=$(base_conf | write_conf c)
+  serve socat "$conf" socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" EXEC:cat
+  wait_listen "$port" 1 socat
+  # (Not $i: bats 1.8's `run --separate-stderr` sets a variable i.)
+  local conn
+  for conn in 1 2 3; do
+    run --separate-stderr bounded "$PY" "$INCLIENT" tls 127.0.0.1 "$port" --ca "$CERTS/ca.pem" \
+      --send "inetd-$conn-a" --send "inetd-$conn-b"
+    assert_status 0
+    assert_output_has "recv=inetd-$conn-b"
+  done
+  run --separate-stderr bounded "$PY" "$INCLIENT" raw 127.0.0.1 "$port" --send 'plain\n' --wait 4
+  [[ $output != *"b'plain"* ]] || {
+    show_run
+    false
+  }
+}
+
 @test "Unix-socket listeners are never touched" {
   conf=$(base_conf | write_conf c)
   start_echo echo "$conf" "unix:$TMP/echo.sock"
@@ -1003,8 +1028,10 @@ EOF
 @test "stalled clients are closed after handshake_timeout, while the server keeps serving" {
   conf=$(base_conf | write_conf c) # handshake_timeout = 2
   start_echo echo "$conf" "127.0.0.1:$port" -m poll
+  # Each stalled client from its own address (127.0.0.10-14): the log folds
+  # identical inbound failures from one address into one line.
   run --separate-stderr timeout -k 2 30 "$PY" "$INCLIENT" stall 127.0.0.1 "$port" \
-    --ca "$CERTS/ca.pem" --silent 3 --partial 2 --wait 15
+    --bind 127.0.0.10 --ca "$CERTS/ca.pem" --silent 3 --partial 2 --wait 15
   assert_status 0
   [[ $output =~ good=ok\ elapsed=([0-9.]+) ]] || {
     echo "the server did not serve a TLS client while others stalled" >&2
@@ -1498,7 +1525,9 @@ Every command takes --bind ADDR (the source address, e.g. 127.0.0.2).
       default 20) for the server to close each stalled connection. Prints
         good=ok elapsed=SECONDS      (or good=fail error="...")
         stalled=I kind=silent|partial end=eof|reset|timeout elapsed=S bytes=B sockname=IP:PORT
-      elapsed counts from when the stalled connections were opened.
+      elapsed counts from when the stalled connections were opened. With
+      --bind A.B.C.D, stalled connection I comes from A.B.C.(D+I), and the
+      good one from A.B.C.D.
   raw HOST PORT [--send TEXT] [--wait S]
       Plaintext: connect, send TEXT (escapes like \\n are decoded), read
       until the server closes (S seconds at most, default 10). Prints
@@ -1623,7 +1652,11 @@ def cmd_stall(a):
     stalled = []
     t0 = time.monotonic()
     for i in range(a.silent + a.partial):
-        s = socket.create_connection((a.host, a.port), timeout=10)
+        src = None
+        if a.bind:  # one source address each: A.B.C.D, A.B.C.D+1, ...
+            base = a.bind.rsplit(".", 1)
+            src = (f"{base[0]}.{int(base[1]) + i}", 0)
+        s = socket.create_connection((a.host, a.port), timeout=10, source_address=src)
         kind = "silent"
         if i >= a.silent:
             kind = "partial"

@@ -12,6 +12,7 @@
 # restart in the middle of a process, and a 10,000-connection flood with and
 # without a daemon.
 
+# shellcheck disable=SC2154 # $stderr and $output are set by bats' run
 load helpers
 load rsyslog
 
@@ -156,6 +157,45 @@ refused_cert_logged() {
   expect_no_kv "$line" reason
 }
 
+@test "policy events: denied and insecure_setting at warning, plaintext_allowed at notice" {
+  local conf
+  start_plain "$port" "$BATS_TEST_TMPDIR/received"
+  conf=$BATS_TEST_TMPDIR/policy.cnf
+  cat >"$conf" <<EOF
+[tlsshim]
+ca_file = $CERTS/ca.pem
+ocsp = off
+rules = rules
+[rules]
+1 = cache
+2 = telnet
+[cache]
+match = 127.0.0.1:$port
+action = plaintext
+[telnet]
+match = *:23
+action = deny
+EOF
+  run --separate-stderr shim_log TLSSHIM_CONFIG="$conf" \
+    "$PY" "$LOGTOOL" steps connect 127.0.0.1 "$port" connect 127.0.0.1 23
+  assert_status 0
+  [[ $output == $'connect=ok\nconnect=EPERM' ]] || {
+    show_run
+    false
+  }
+  line=$(syslog_line "event=plaintext_allowed ")
+  [[ $line == "authpriv.notice tlsshim["*"]: event=plaintext_allowed "* ]]
+  expect_kv "$line" peer "127.0.0.1:$port"
+  expect_kv "$line" rule cache
+  line=$(syslog_line "event=denied ")
+  [[ $line == "authpriv.warning tlsshim["*"]: event=denied "* ]]
+  expect_kv "$line" peer 127.0.0.1:23
+  expect_kv "$line" rule telnet
+  line=$(syslog_line "event=insecure_setting ")
+  [[ $line == "authpriv.warning tlsshim["*"]: event=insecure_setting "* ]]
+  [[ $(kv "$line" reason) == "ocsp = off"* ]]
+}
+
 # --- settings --------------------------------------------------------------
 
 @test "log_ident and log_facility set the tag and the facility" {
@@ -184,6 +224,7 @@ refused_cert_logged() {
   marker=$(new_marker)
   start_plain "$port" "$BATS_TEST_TMPDIR/received"
   mkdir -p "$olddev"
+  # shellcheck disable=SC2016 # the script expands its own arguments
   run --separate-stderr bounded unshare -m --propagation private bash -euc '
     mount --bind /dev "$1"
     mount -t tmpfs -o mode=755 tlsshim-e2e-dev /dev
@@ -272,6 +313,26 @@ refused_cert_logged() {
   }
 }
 
+# Daemons close every descriptor they did not open themselves; the shim's
+# log socket is hidden from that (and would be reopened if it were not).
+@test "a program that closes all its descriptors still logs" {
+  local p2
+  p2=$(free_port)
+  start_plain "$port" "$BATS_TEST_TMPDIR/r1"
+  start_plain "$p2" "$BATS_TEST_TMPDIR/r2"
+  run --separate-stderr shim_log "$PY" "$LOGTOOL" steps connect 127.0.0.1 "$port" \
+    closeall connect 127.0.0.1 "$p2"
+  assert_status 0
+  [[ $output == $'connect=ECONNREFUSED\nclosed\nconnect=ECONNREFUSED' ]] || {
+    show_run
+    false
+  }
+  syslog_line "peer=127.0.0.1:$port " >/dev/null
+  line=$(syslog_line "peer=127.0.0.1:$p2 ")
+  [[ $line == "authpriv.err tlsshim["*"]: event=refused_plaintext "* ]]
+  expect_no_kv "$line" dropped
+}
+
 # --- flood ------------------------------------------------------------------
 
 # start_garbage [COUNT]: the fast not-TLS server on COUNT ports; sets PORTS.
@@ -327,6 +388,7 @@ events() {
 # so lines keep coming and the socket's queue fills: sends fail with EAGAIN
 # and are dropped, never waited for.
 @test "flood with a syslog socket nobody reads: the loop completes" {
+  # shellcheck disable=SC2034 # TLSSHIM_E2E_TIMEOUT is read by shim()
   local n=10000 TLSSHIM_E2E_TIMEOUT=300 sock=$BATS_TEST_TMPDIR/deaf.sock
   stop_rsyslog
   start_bg deaf "$PY" "$LOGTOOL" deaf "$sock" "$BATS_TEST_TMPDIR/deaf-done"

@@ -270,6 +270,15 @@ struct Ev {
 		ev.reason = reason.c_str();
 		ev.elapsed_ms = elapsed;
 	}
+	// Copies point at their own peer and reason.
+	Ev(const Ev &o) : ev(o.ev), peer(o.peer), reason(o.reason)
+	{
+		if (o.ev.peer == reinterpret_cast<const struct sockaddr *>(&o.peer))
+			ev.peer = reinterpret_cast<struct sockaddr *>(&peer);
+		if (o.ev.reason == o.reason.c_str())
+			ev.reason = reason.c_str();
+	}
+	Ev &operator=(const Ev &) = delete;
 	std::string line() const
 	{
 		return format(ev);
@@ -409,8 +418,6 @@ TEST_F(Chan, OnlyEventPeerAndReasonTogetherFold)
 
 	// Fields outside the key (name, stage, certificate) do not split it.
 	Ev other = base;
-	other.ev.reason = other.reason.c_str();
-	other.ev.peer = reinterpret_cast<struct sockaddr *>(&other.peer);
 	other.ev.name = "different.example";
 	other.ev.stage = "handshake";
 	emit(other, 2);
@@ -426,26 +433,15 @@ TEST_F(Chan, InboundPeersFoldByAddressAndListener)
 	auto denied = [&](const char *ip, int port, struct sockaddr_in *local) {
 		Ev e("denied", "source not in allow_from", port);
 		e.peer = v4(ip, port);
-		e.ev.peer = reinterpret_cast<struct sockaddr *>(&e.peer);
 		e.ev.dir = "in";
 		e.ev.local = reinterpret_cast<struct sockaddr *>(local);
 		return e;
 	};
-	for (int port = 40000; port < 40005; port++) {
-		Ev e = denied("192.0.2.9", port, &listener);
-		e.ev.peer = reinterpret_cast<struct sockaddr *>(&e.peer);
-		e.ev.reason = e.reason.c_str();
-		emit(e, port - 40000);
-	}
+	for (int port = 40000; port < 40005; port++)
+		emit(denied("192.0.2.9", port, &listener), port - 40000);
 	EXPECT_EQ(bodies().size(), 1u) << "one client, five source ports: folded";
-	Ev other_ip = denied("192.0.2.10", 40000, &listener);
-	other_ip.ev.peer = reinterpret_cast<struct sockaddr *>(&other_ip.peer);
-	other_ip.ev.reason = other_ip.reason.c_str();
-	emit(other_ip, 6);
-	Ev other_port = denied("192.0.2.9", 40001, &other_listener);
-	other_port.ev.peer = reinterpret_cast<struct sockaddr *>(&other_port.peer);
-	other_port.ev.reason = other_port.reason.c_str();
-	emit(other_port, 7);
+	emit(denied("192.0.2.10", 40000, &listener), 6);
+	emit(denied("192.0.2.9", 40001, &other_listener), 7);
 	EXPECT_EQ(bodies().size(), 2u) << "another client, another listener: not folded";
 	log_chan_flush(chan, 8, true);
 	auto got = bodies();
