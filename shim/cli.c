@@ -248,7 +248,7 @@ static int cmd_run(int argc, char **argv)
 		setenv("TLSSHIM_CA_FILE", abs, 1);
 	}
 	if (config != NULL) {
-		struct shim_conf c;
+		struct shim_conf c = {.usable = false};
 
 		if (realpath(config, abs) == NULL) {
 			fprintf(stderr, "tlsshim run: --config %s: %s\n", config, strerror(errno));
@@ -354,7 +354,7 @@ static void print_inbound(const struct shim_conf *c)
 
 static int cmd_check(int argc, char **argv)
 {
-	struct shim_conf c;
+	struct shim_conf c = {.usable = false};
 	struct policy p;
 	size_t i, j;
 
@@ -527,7 +527,7 @@ static int cmd_probe(int argc, char **argv)
 	const char *target = NULL, *config = NULL;
 	char host[256], port[16];
 	struct addrinfo hints, *res = NULL, *ai;
-	struct shim_conf c;
+	struct shim_conf c = {.usable = false};
 	struct policy p;
 	int i, rc = 1;
 
@@ -602,7 +602,7 @@ static int cmd_verify(int argc, char **argv)
 	STACK_OF(X509) *certs = NULL, *untrusted = NULL;
 	static struct conf_tls ca_only;
 	struct tls_failure why;
-	struct shim_conf c;
+	struct shim_conf c = {.usable = false};
 	struct policy p;
 	char err[400], *end;
 	SSL_CTX *ctx = NULL;

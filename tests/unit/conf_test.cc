@@ -9,7 +9,8 @@ extern "C" {
 #include "conf.h"
 }
 
-namespace {
+namespace
+{
 
 TEST(ConfParse, Seconds)
 {
@@ -53,81 +54,82 @@ TEST(ConfParse, Bool)
 void clear_env()
 {
 	for (const char *v : {"TLSSHIM_CA_FILE", "TLSSHIM_CA_DIR", "TLSSHIM_CONFIG",
-			      "TLSSHIM_HANDSHAKE_TIMEOUT", "TLSSHIM_LOG_STDERR", "TLSSHIM_DEBUG"})
+	                      "TLSSHIM_HANDSHAKE_TIMEOUT", "TLSSHIM_LOG_STDERR", "TLSSHIM_DEBUG"})
 		unsetenv(v);
 }
 
 TEST(ConfLoad, NoTrustIsUnusable)
 {
 	EXPECT_EXIT(
-		{
-			clear_env();
-			load_and_exit("no trust configured");
-		},
-		::testing::ExitedWithCode(1), "");
+	        {
+		        clear_env();
+		        load_and_exit("no trust configured");
+	        },
+	        ::testing::ExitedWithCode(1), "");
 }
 
 TEST(ConfLoad, CaFileMakesItUsable)
 {
 	EXPECT_EXIT(
-		{
-			clear_env();
-			setenv("TLSSHIM_CA_FILE", "/proc/self/exe", 1); // readable is all conf checks
-			setenv("TLSSHIM_HANDSHAKE_TIMEOUT", "2.5", 1);
-			const struct shim_conf *c = conf_get();
-			_exit(c->usable && c->handshake_timeout_ms == 2500 ? 0 : 3);
-		},
-		::testing::ExitedWithCode(0), "");
+	        {
+		        clear_env();
+		        setenv("TLSSHIM_CA_FILE", "/proc/self/exe",
+		               1); // readable is all conf checks
+		        setenv("TLSSHIM_HANDSHAKE_TIMEOUT", "2.5", 1);
+		        const struct shim_conf *c = conf_get();
+		        _exit(c->usable && c->handshake_timeout_ms == 2500 ? 0 : 3);
+	        },
+	        ::testing::ExitedWithCode(0), "");
 }
 
 TEST(ConfLoad, UnreadableCaFileIsUnusable)
 {
 	EXPECT_EXIT(
-		{
-			clear_env();
-			setenv("TLSSHIM_CA_FILE", "/nonexistent/ca.pem", 1);
-			load_and_exit("TLSSHIM_CA_FILE");
-		},
-		::testing::ExitedWithCode(1), "");
+	        {
+		        clear_env();
+		        setenv("TLSSHIM_CA_FILE", "/nonexistent/ca.pem", 1);
+		        load_and_exit("TLSSHIM_CA_FILE");
+	        },
+	        ::testing::ExitedWithCode(1), "");
 }
 
 TEST(ConfLoad, BadTimeoutNeverFallsBackToDefault)
 {
 	EXPECT_EXIT(
-		{
-			clear_env();
-			setenv("TLSSHIM_CA_FILE", "/proc/self/exe", 1);
-			setenv("TLSSHIM_HANDSHAKE_TIMEOUT", "forever", 1);
-			load_and_exit("TLSSHIM_HANDSHAKE_TIMEOUT");
-		},
-		::testing::ExitedWithCode(1), "");
+	        {
+		        clear_env();
+		        setenv("TLSSHIM_CA_FILE", "/proc/self/exe", 1);
+		        setenv("TLSSHIM_HANDSHAKE_TIMEOUT", "forever", 1);
+		        load_and_exit("TLSSHIM_HANDSHAKE_TIMEOUT");
+	        },
+	        ::testing::ExitedWithCode(1), "");
 }
 
 TEST(ConfLoad, BadLogStderrIsUnusable)
 {
 	EXPECT_EXIT(
-		{
-			clear_env();
-			setenv("TLSSHIM_CA_FILE", "/proc/self/exe", 1);
-			setenv("TLSSHIM_LOG_STDERR", "perhaps", 1);
-			load_and_exit("TLSSHIM_LOG_STDERR");
-		},
-		::testing::ExitedWithCode(1), "");
+	        {
+		        clear_env();
+		        setenv("TLSSHIM_CA_FILE", "/proc/self/exe", 1);
+		        setenv("TLSSHIM_LOG_STDERR", "perhaps", 1);
+		        load_and_exit("TLSSHIM_LOG_STDERR");
+	        },
+	        ::testing::ExitedWithCode(1), "");
 }
 
 TEST(ConfLoad, DefaultsAreSecure)
 {
 	EXPECT_EXIT(
-		{
-			clear_env();
-			setenv("TLSSHIM_CA_FILE", "/proc/self/exe", 1);
-			const struct shim_conf *c = conf_get();
-			_exit(c->usable && c->handshake_timeout_ms == 10000 && !c->log_stderr &&
-					      !c->debug && c->ca_dir == nullptr
-				      ? 0
-				      : 3);
-		},
-		::testing::ExitedWithCode(0), "");
+	        {
+		        clear_env();
+		        setenv("TLSSHIM_CA_FILE", "/proc/self/exe", 1);
+		        const struct shim_conf *c = conf_get();
+		        _exit(c->usable && c->handshake_timeout_ms == 10000 && !c->log_stderr &&
+		                              !c->debug && c->ca_dir == nullptr
+		                      ? 0
+		                      : 3);
+	        },
+	        ::testing::ExitedWithCode(0), "");
 }
 
 } // namespace

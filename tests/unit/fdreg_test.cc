@@ -15,16 +15,21 @@ extern "C" {
 #include "real.h"
 }
 
-namespace {
+namespace
+{
 
 bool is_open(int fd)
 {
 	return fcntl(fd, F_GETFD) != -1;
 }
 
-class Fdreg : public ::testing::Test {
-protected:
-	void SetUp() override { ASSERT_EQ(real_init(), 0); }
+class Fdreg : public ::testing::Test
+{
+      protected:
+	void SetUp() override
+	{
+		ASSERT_EQ(real_init(), 0);
+	}
 };
 
 TEST_F(Fdreg, HideUnhide)
@@ -93,7 +98,8 @@ TEST_F(Fdreg, LookupByInodeFindsDups)
 	int tcp = socket(AF_INET, SOCK_STREAM, 0);
 	ASSERT_GE(tcp, 0);
 
-	struct wrapped_info info {};
+	struct wrapped_info info {
+	};
 	info.domain = AF_INET;
 	info.protocol = IPPROTO_TCP;
 	info.tcp_fd = tcp;
@@ -101,7 +107,8 @@ TEST_F(Fdreg, LookupByInodeFindsDups)
 	ASSERT_EQ(fdreg_add(st.st_ino, &info), 0);
 
 	int d = dup(sv[0]);
-	struct wrapped_info got {};
+	struct wrapped_info got {
+	};
 	EXPECT_TRUE(fdreg_lookup(d, &got));
 	EXPECT_EQ(got.domain, AF_INET);
 	EXPECT_FALSE(fdreg_lookup(sv[1], nullptr)) << "the other end is not the program's";

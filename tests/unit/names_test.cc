@@ -8,11 +8,13 @@ extern "C" {
 #include "names.h"
 }
 
-namespace {
+namespace
+{
 
 struct sockaddr_storage addr_of(const char *text)
 {
-	struct sockaddr_storage ss {};
+	struct sockaddr_storage ss {
+	};
 	auto *in = reinterpret_cast<struct sockaddr_in *>(&ss);
 	auto *in6 = reinterpret_cast<struct sockaddr_in6 *>(&ss);
 
@@ -35,9 +37,13 @@ std::string lookup(const char *text)
 	return out;
 }
 
-class Names : public ::testing::Test {
-protected:
-	void SetUp() override { names_reset(); }
+class Names : public ::testing::Test
+{
+      protected:
+	void SetUp() override
+	{
+		names_reset();
+	}
 };
 
 TEST_F(Names, RemembersAndNormalises)
@@ -94,7 +100,8 @@ TEST_F(Names, BoundedCapacityEvictsOldest)
 	names_remember("first.example", reinterpret_cast<struct sockaddr *>(&first));
 	for (int i = 0; i < NAMES_CAPACITY; i++) {
 		struct sockaddr_storage a = addr_of("10.0.0.1");
-		reinterpret_cast<struct sockaddr_in *>(&a)->sin_addr.s_addr = htonl(0x0a000000u + i);
+		reinterpret_cast<struct sockaddr_in *>(&a)->sin_addr.s_addr =
+		        htonl(0x0a000000u + i);
 		names_remember("filler.example", reinterpret_cast<struct sockaddr *>(&a));
 	}
 	EXPECT_EQ(lookup("198.51.100.1"), "");
@@ -104,7 +111,8 @@ TEST_F(Names, BoundedCapacityEvictsOldest)
 TEST_F(Names, FromAddrinfoAndHostent)
 {
 	struct sockaddr_storage a = addr_of("203.0.113.5");
-	struct addrinfo ai {};
+	struct addrinfo ai {
+	};
 	ai.ai_family = AF_INET;
 	ai.ai_addr = reinterpret_cast<struct sockaddr *>(&a);
 	ai.ai_addrlen = sizeof(struct sockaddr_in);
@@ -113,7 +121,8 @@ TEST_F(Names, FromAddrinfoAndHostent)
 
 	unsigned char raw[4] = {203, 0, 113, 6};
 	char *list[] = {reinterpret_cast<char *>(raw), nullptr};
-	struct hostent he {};
+	struct hostent he {
+	};
 	he.h_addrtype = AF_INET;
 	he.h_length = 4;
 	he.h_addr_list = list;

@@ -26,10 +26,14 @@ extern "C" {
 #include "tlsio.h"
 }
 
-namespace {
+namespace
+{
 
 struct TrustTestCa : ::testing::Environment {
-	void SetUp() override { setenv("TLSSHIM_CA_FILE", cert_path("ca.pem").c_str(), 1); }
+	void SetUp() override
+	{
+		setenv("TLSSHIM_CA_FILE", cert_path("ca.pem").c_str(), 1);
+	}
 };
 const auto *env = ::testing::AddGlobalTestEnvironment(new TrustTestCa);
 
@@ -82,15 +86,17 @@ Wrapped wrap(std::function<void(SSL *)> serve)
 	EXPECT_NE(ctx, nullptr) << err;
 	int net_fd = fdreg_adopt(net[0]);
 	fcntl(net_fd, F_SETFL, O_NONBLOCK);
-	struct sockaddr_in peer {};
+	struct sockaddr_in peer {
+	};
 	peer.sin_family = AF_INET;
 	inet_pton(AF_INET, "127.0.0.1", &peer.sin_addr);
 	SSL *ssl = tlsio_client_new(ctx, net_fd, "localhost",
-				    reinterpret_cast<struct sockaddr *>(&peer));
+	                            reinterpret_cast<struct sockaddr *>(&peer));
 	struct tls_failure why;
 	EXPECT_EQ(tlsio_handshake(ssl, tlsio_now_ms() + 5000, &why), 0) << why.reason;
 
-	struct relay_spec spec {};
+	struct relay_spec spec {
+	};
 	spec.app_fd = fdreg_adopt(app[1]);
 	fcntl(spec.app_fd, F_SETFL, O_NONBLOCK);
 	spec.net_fd = net_fd;
@@ -267,7 +273,7 @@ TEST(Relay, ManyConnectionsAtOnce)
 	for (int i = 0; i < n; i++) {
 		std::string msg = "conn " + std::to_string(i);
 		ASSERT_EQ(write(conns[i].app, msg.data(), msg.size()),
-			  static_cast<ssize_t>(msg.size()));
+		          static_cast<ssize_t>(msg.size()));
 	}
 	for (int i = 0; i < n; i++) {
 		std::string msg = "conn " + std::to_string(i);

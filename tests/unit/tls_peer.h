@@ -29,10 +29,10 @@ inline std::string cert_path(const std::string &name)
 
 // Runs `body(ssl)` after a server handshake with `cert`(.pem/.key) on `fd`.
 // The handshake result is in handshake_ok.  Owns and closes `fd`.
-class TlsPeer {
-public:
-	TlsPeer(int fd, const std::string &cert, std::function<void(SSL *)> body)
-		: fd_(fd)
+class TlsPeer
+{
+      public:
+	TlsPeer(int fd, const std::string &cert, std::function<void(SSL *)> body) : fd_(fd)
 	{
 		// The peer may write to a client that has gone; that must not kill
 		// the test process (the shim itself never raises SIGPIPE).
@@ -40,7 +40,7 @@ public:
 		ctx_ = SSL_CTX_new(TLS_server_method());
 		SSL_CTX_use_certificate_chain_file(ctx_, cert_path(cert + ".pem").c_str());
 		SSL_CTX_use_PrivateKey_file(ctx_, cert_path(cert + ".key").c_str(),
-					    SSL_FILETYPE_PEM);
+		                            SSL_FILETYPE_PEM);
 		thread_ = std::thread([this, body] {
 			SSL *ssl = SSL_new(ctx_);
 			SSL_set_fd(ssl, fd_);
@@ -64,7 +64,7 @@ public:
 	}
 	bool handshake_ok = false;
 
-private:
+      private:
 	int fd_;
 	SSL_CTX *ctx_;
 	std::thread thread_;

@@ -16,11 +16,15 @@ extern "C" {
 #include "tlsio.h"
 }
 
-namespace {
+namespace
+{
 
 // The configuration is read once per process: trust the test CA.
 struct TrustTestCa : ::testing::Environment {
-	void SetUp() override { setenv("TLSSHIM_CA_FILE", cert_path("ca.pem").c_str(), 1); }
+	void SetUp() override
+	{
+		setenv("TLSSHIM_CA_FILE", cert_path("ca.pem").c_str(), 1);
+	}
 };
 const auto *env = ::testing::AddGlobalTestEnvironment(new TrustTestCa);
 
@@ -32,7 +36,7 @@ struct Result {
 
 // Connects a client SSL on one end of a socketpair; `serve` drives the other.
 Result client_against(const char *name, const char *ip, std::function<int(int)> serve,
-		      long timeout_ms = 5000)
+                      long timeout_ms = 5000)
 {
 	int sv[2];
 	EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
@@ -44,7 +48,8 @@ Result client_against(const char *name, const char *ip, std::function<int(int)> 
 	char err[256];
 	SSL_CTX *ctx = tlsio_client_ctx(err, sizeof(err));
 	EXPECT_NE(ctx, nullptr) << err;
-	struct sockaddr_in peer {};
+	struct sockaddr_in peer {
+	};
 	peer.sin_family = AF_INET;
 	inet_pton(AF_INET, ip != nullptr ? ip : "127.0.0.1", &peer.sin_addr);
 	SSL *ssl = tlsio_client_new(ctx, sv[0], name, reinterpret_cast<struct sockaddr *>(&peer));
@@ -91,7 +96,9 @@ struct RefusalCase {
 	const char *reason;
 };
 
-class TlsioRefusal : public ::testing::TestWithParam<RefusalCase> {};
+class TlsioRefusal : public ::testing::TestWithParam<RefusalCase>
+{
+};
 
 TEST_P(TlsioRefusal, RefusedWithReason)
 {
@@ -108,16 +115,16 @@ TEST_P(TlsioRefusal, RefusedWithReason)
 }
 
 INSTANTIATE_TEST_SUITE_P(
-	Cases, TlsioRefusal,
-	::testing::Values(
-		RefusalCase{"untrusted", "localhost", nullptr, 20,
-			    "unable to get local issuer certificate"},
-		RefusalCase{"selfsigned", "localhost", nullptr, 18, "self-signed certificate"},
-		RefusalCase{"expired", "localhost", nullptr, 10, "certificate has expired"},
-		RefusalCase{"notyet", "localhost", nullptr, 9, "certificate is not yet valid"},
-		RefusalCase{"wrongname", "localhost", nullptr, 62, "hostname mismatch"},
-		RefusalCase{"server", "other.example", nullptr, 62, "hostname mismatch"},
-		RefusalCase{"server", nullptr, "192.0.2.1", 64, "IP address mismatch"}));
+        Cases, TlsioRefusal,
+        ::testing::Values(
+                RefusalCase{"untrusted", "localhost", nullptr, 20,
+                            "unable to get local issuer certificate"},
+                RefusalCase{"selfsigned", "localhost", nullptr, 18, "self-signed certificate"},
+                RefusalCase{"expired", "localhost", nullptr, 10, "certificate has expired"},
+                RefusalCase{"notyet", "localhost", nullptr, 9, "certificate is not yet valid"},
+                RefusalCase{"wrongname", "localhost", nullptr, 62, "hostname mismatch"},
+                RefusalCase{"server", "other.example", nullptr, 62, "hostname mismatch"},
+                RefusalCase{"server", nullptr, "192.0.2.1", 64, "IP address mismatch"}));
 
 TEST(Tlsio, PlaintextServerIsRecognised)
 {
@@ -153,16 +160,16 @@ TEST(Tlsio, SilentServerTimesOut)
 {
 	long start = tlsio_now_ms();
 	Result r = client_against(
-		"localhost", nullptr,
-		[](int fd) {
-			char b[4096];
-			// Read the ClientHello, then say nothing until the client leaves.
-			while (read(fd, b, sizeof(b)) > 0) {
-			}
-			close(fd);
-			return 0;
-		},
-		300);
+	        "localhost", nullptr,
+	        [](int fd) {
+		        char b[4096];
+		        // Read the ClientHello, then say nothing until the client leaves.
+		        while (read(fd, b, sizeof(b)) > 0) {
+		        }
+		        close(fd);
+		        return 0;
+	        },
+	        300);
 	long took = tlsio_now_ms() - start;
 	EXPECT_EQ(r.rc, -1);
 	EXPECT_EQ(r.err, ETIMEDOUT);
@@ -186,8 +193,8 @@ TEST(Tlsio, ServerClosingMidHandshakeIsARefusal)
 	// Closing with the ClientHello unread resets the connection.
 	std::string reason = r.why.reason;
 	EXPECT_TRUE(reason.find("closed by server") != std::string::npos ||
-		    reason == "Connection reset by peer")
-		<< reason;
+	            reason == "Connection reset by peer")
+	        << reason;
 }
 
 TEST(Tlsio, Tls11OnlyServerIsRefused)
