@@ -426,9 +426,11 @@ static int pump_down(struct relay_conn *c)
 	c->ssl_down_wants = 0;
 	if (!c->app_gone && !stash_empty(&c->down) && app_send(c, &c->down) != 0)
 		return 0;
-	stash_clear(&c->down); /* sent, or nobody left to deliver to */
-	if (c->app_gone)
+	if (c->app_gone) {
+		stash_discard(&c->down); /* nobody left to deliver to */
 		return 0;
+	}
+	stash_clear(&c->down); /* all sent */
 
 	/*
 	 * Decrypt up to SCRATCH_SIZE bytes (several records, read ahead in one
