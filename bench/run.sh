@@ -218,7 +218,7 @@ fi
 # On tmpfs when there is one, so that the disk's noise does not hide the shim's.
 fdir=/dev/shm
 [ -d "$fdir" ] && [ -w "$fdir" ] || fdir=$out/run
-want files && interleave files 7 noshim tlsshim -- files 200000 "$fdir/tlsshim-bench-$$.dat"
+want files && interleave files 15 noshim tlsshim -- files 100000 "$fdir/tlsshim-bench-$$.dat"
 
 if want callgrind; then
 	for who in inproc tlsshim; do

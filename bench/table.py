@@ -131,7 +131,7 @@ lines.append("[2] RSS growth of the client process per connection (plus stunnel'
 lines.append("    after one warm-up connection; kernel socket memory is not in RSS.  [N]: only N")
 lines.append("    connections could be held (descriptor limit; tlsshim needs three per connection).")
 lines.append("[3] the same program with and without LD_PRELOAD (the in-process column is without);")
-lines.append("    best of the interleaved runs, 4 KiB pwrite() on tmpfs with a close/open every 256.")
+lines.append("    best of 15 interleaved runs of 100,000 4 KiB pwrite()s on tmpfs (close/open every 256).")
 lines.append("[4] all threads of the client process (the relay thread too), whole run incl. handshake.")
 lines.append("[5] CPU time of the client process (all threads: tlsshim's relay too) plus stunnel's")
 lines.append("    or socat's, per GiB moved; the server's is not counted.  Less sensitive to other")

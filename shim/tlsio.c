@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fnmatch.h>
 #include <limits.h>
@@ -35,6 +36,10 @@
 
 #define CLIENT_CERT_VERDICT_MS 1000
 
+static void sess_state_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                            void *argp);
+static int sess_new_cb(SSL *ssl, SSL_SESSION *sess);
+
 /* --- the socket BIO ------------------------------------------------------- */
 
 /* What the BIO saw first from the server, to recognise non-TLS peers. */
@@ -52,6 +57,7 @@ static int ex_store_why = -1;  /* X509_STORE_CTX ex_data: struct tls_failure * *
 static int ex_ctx_tls = -1;    /* SSL_CTX ex_data: const struct conf_tls * */
 static int ex_srv_conf = -1;   /* SSL_CTX ex_data: const struct conf_inbound * */
 static int ex_srv_staple = -1; /* SSL_CTX ex_data: struct staple_cache * */
+static int ex_sess = -1;       /* SSL ex_data: struct sess_state * (client sessions) */
 
 static int sock_write(BIO *b, const char *buf, int len)
 {
@@ -130,6 +136,7 @@ static void tlsio_init_once(void)
 	ex_ctx_tls = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_srv_conf = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_srv_staple = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ex_sess = SSL_get_ex_new_index(0, NULL, NULL, NULL, sess_state_free);
 	sock_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
 	                           "tlsshim socket");
 	if (sock_method == NULL)
@@ -382,6 +389,10 @@ SSL_CTX *tlsio_ctx_new(const struct conf_tls *t, char *err, size_t errlen)
 	SSL_CTX_set_cert_verify_callback(ctx, ssl_verify_callback, NULL);
 	/* Always ask for a staple (RFC 6066 section 8), whatever the mode. */
 	SSL_CTX_set_tlsext_status_type(ctx, TLSEXT_STATUSTYPE_ocsp);
+	/* Resumption through our own cache (keyed by rule and destination). */
+	SSL_CTX_set_session_cache_mode(ctx,
+	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(ctx, sess_new_cb);
 	if (t->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, t->ciphers) != 1) {
 		ctx_error(err, errlen, "ciphers = %s: no usable cipher", t->ciphers);
 		goto err;
@@ -505,10 +516,111 @@ out:
 	return ok ? 0 : -1;
 }
 
+/* --- client session cache ------------------------------------------------------ */
+
+/*
+ * Resumption for outbound connections: a small per-process cache of sessions
+ * keyed by the context (that is, the rule that matched: a session never
+ * crosses rules), the expected name or address, and the port.  A session is
+ * stored only after its full handshake passed every check (chain, pins,
+ * OCSP), with the OCSP outcome it had; entries live at most SESS_MAX_AGE_S,
+ * which bounds how long a revocation can go unseen on resumed connections.
+ */
+#define SESS_SLOTS     256
+#define SESS_MAX_AGE_S 300
+
+struct sess_state {
+	char key[300];
+	char ocsp[48]; /* the outcome of the full handshake */
+	bool verified; /* all checks passed: sessions may be stored */
+	bool offered;  /* a cached session was offered */
+};
+
+struct sess_slot {
+	SSL_CTX *ctx;
+	char key[300];
+	char ocsp[48];
+	SSL_SESSION *sess;
+	time_t stored;
+};
+
+static struct sess_slot sess_cache[SESS_SLOTS];
+static pthread_mutex_t sess_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static unsigned int sess_hash(const SSL_CTX *ctx, const char *key)
+{
+	unsigned long h = (unsigned long)(uintptr_t)ctx * 0x9E3779B97F4A7C15UL;
+
+	while (*key != '\0')
+		h = (h ^ (unsigned char)*key++) * 0x100000001B3UL;
+	return (unsigned int)(h % SESS_SLOTS);
+}
+
+static void sess_state_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                            void *argp)
+{
+	(void)parent;
+	(void)ad;
+	(void)idx;
+	(void)argl;
+	(void)argp;
+	OPENSSL_free(ptr);
+}
+
+/* Stores `sess` (a reference is taken) for the connection `ssl`. */
+static void sess_store(SSL *ssl, SSL_SESSION *sess)
+{
+	struct sess_state *st = SSL_get_ex_data(ssl, ex_sess);
+	SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+	struct sess_slot *slot;
+
+	if (st == NULL || !st->verified || sess == NULL || !SSL_SESSION_is_resumable(sess))
+		return;
+	SSL_SESSION_up_ref(sess);
+	pthread_mutex_lock(&sess_lock);
+	slot = &sess_cache[sess_hash(ctx, st->key)];
+	SSL_SESSION_free(slot->sess);
+	slot->ctx = ctx;
+	memcpy(slot->key, st->key, sizeof(slot->key));
+	memcpy(slot->ocsp, st->ocsp, sizeof(slot->ocsp));
+	slot->sess = sess;
+	slot->stored = time(NULL);
+	pthread_mutex_unlock(&sess_lock);
+}
+
+/* OpenSSL's new-session callback: TLS 1.3 tickets arrive after the handshake. */
+static int sess_new_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	sess_store(ssl, sess);
+	return 0; /* we took our own reference */
+}
+
+/* Offers a cached session for `key` under `ctx`, if a fresh one exists. */
+static void sess_offer(SSL *ssl, struct sess_state *st)
+{
+	SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+	struct sess_slot *slot;
+
+	pthread_mutex_lock(&sess_lock);
+	slot = &sess_cache[sess_hash(ctx, st->key)];
+	if (slot->sess != NULL && slot->ctx == ctx && strcmp(slot->key, st->key) == 0) {
+		if (time(NULL) - slot->stored < SESS_MAX_AGE_S &&
+		    SSL_SESSION_is_resumable(slot->sess) && SSL_set_session(ssl, slot->sess) == 1) {
+			memcpy(st->ocsp, slot->ocsp, sizeof(st->ocsp));
+			st->offered = true;
+		} else {
+			SSL_SESSION_free(slot->sess);
+			slot->sess = NULL;
+		}
+	}
+	pthread_mutex_unlock(&sess_lock);
+}
+
 SSL *tlsio_client_new(SSL_CTX *ctx, int fd, const char *name, const struct sockaddr *peer)
 {
 	X509_VERIFY_PARAM *vp;
 	SSL *ssl = SSL_new(ctx);
+	struct sess_state *st;
 	BIO *bio;
 
 	if (ssl == NULL)
@@ -541,6 +653,29 @@ SSL *tlsio_client_new(SSL_CTX *ctx, int fd, const char *name, const struct socka
 		} else if (X509_VERIFY_PARAM_set1_ip(vp, a, 16) != 1) {
 			goto err;
 		}
+	}
+	st = OPENSSL_zalloc(sizeof(*st));
+	if (st == NULL || SSL_set_ex_data(ssl, ex_sess, st) != 1) {
+		OPENSSL_free(st);
+		goto err;
+	}
+	if (peer->sa_family == AF_INET || peer->sa_family == AF_INET6) {
+		char host[INET6_ADDRSTRLEN] = "?";
+		unsigned int port;
+
+		if (peer->sa_family == AF_INET) {
+			inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, host,
+			          sizeof(host));
+			port = ntohs(((const struct sockaddr_in *)peer)->sin_port);
+		} else {
+			inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, host,
+			          sizeof(host));
+			port = ntohs(((const struct sockaddr_in6 *)peer)->sin6_port);
+		}
+		/* The name and the address: one name may have several servers. */
+		snprintf(st->key, sizeof(st->key), "%s|%s|%u", name != NULL ? name : "", host,
+		         port);
+		sess_offer(ssl, st);
 	}
 	return ssl;
 err:
@@ -952,6 +1087,12 @@ int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
 			    await_client_cert_verdict(ssl, fd, deadline_ms, &pk, why) != 0) {
 				rc = -1;
 				errno = ECONNREFUSED;
+			} else if (SSL_session_reused(ssl)) {
+				/* Checked in full when the session was made, minutes ago at most. */
+				struct sess_state *st = SSL_get_ex_data(ssl, ex_sess);
+
+				if (st != NULL)
+					snprintf(why->ocsp, sizeof(why->ocsp), "%s", st->ocsp);
 			} else if (check_staple(
 			                   ssl,
 			                   SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_ctx_tls),
@@ -996,8 +1137,19 @@ int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
 	BIO_set_app_data(bio, NULL);
 	SSL_set_ex_data(ssl, ex_verify, NULL);
 	SSL_set_info_callback(ssl, NULL);
-	if (rc == 0)
+	if (rc == 0) {
+		struct sess_state *st = SSL_get_ex_data(ssl, ex_sess);
+
 		snprintf(why->tls, sizeof(why->tls), "%s", SSL_get_version(ssl));
+		/* Every check passed: this connection's sessions may be reused. */
+		if (st != NULL) {
+			st->verified = true;
+			memcpy(st->ocsp, why->ocsp, sizeof(st->ocsp));
+			if (!SSL_session_reused(ssl))
+				sess_store(ssl, SSL_get0_session(
+				                        ssl)); /* TLS 1.2; 1.3 tickets come later */
+		}
+	}
 	return rc;
 }
 

@@ -1,6 +1,7 @@
 // Unit tests for shim/tlsio.c: context, bounded client handshake and the
 // classification of failures, against a TLS peer over a socketpair.
 #include <arpa/inet.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
@@ -13,6 +14,7 @@
 #include "tls_peer.h"
 
 extern "C" {
+#include "conf.h"
 #include "tlsio.h"
 }
 
@@ -217,6 +219,83 @@ TEST(Tlsio, Tls11OnlyServerIsRefused)
 	EXPECT_EQ(r.rc, -1);
 	EXPECT_EQ(r.err, ECONNREFUSED);
 	EXPECT_STREQ(r.why.stage, "handshake");
+}
+
+} // namespace
+
+namespace
+{
+
+// One server context for several connections, so that its tickets can resume.
+SSL_CTX *shared_server_ctx()
+{
+	static SSL_CTX *ctx = [] {
+		SSL_CTX *c = SSL_CTX_new(TLS_server_method());
+		SSL_CTX_use_certificate_chain_file(c, cert_path("server.pem").c_str());
+		SSL_CTX_use_PrivateKey_file(c, cert_path("server.key").c_str(), SSL_FILETYPE_PEM);
+		return c;
+	}();
+	return ctx;
+}
+
+// A handshake of `ctx` against the shared server; returns whether it resumed.
+int resumed_against_shared(SSL_CTX *ctx)
+{
+	int sv[2];
+	EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	std::thread server([&] {
+		SSL *s = SSL_new(shared_server_ctx());
+		SSL_set_fd(s, sv[1]);
+		if (SSL_accept(s) == 1) {
+			char b[16];
+			SSL_read(s, b, sizeof(b)); // until the client goes
+		}
+		SSL_free(s);
+		close(sv[1]);
+	});
+	fcntl(sv[0], F_SETFL, O_NONBLOCK);
+	struct sockaddr_in peer {
+	};
+	peer.sin_family = AF_INET;
+	peer.sin_port = htons(4433);
+	inet_pton(AF_INET, "127.0.0.1", &peer.sin_addr);
+	SSL *ssl = tlsio_client_new(ctx, sv[0], "localhost",
+	                            reinterpret_cast<struct sockaddr *>(&peer));
+	struct tls_failure why;
+	int rc = tlsio_handshake(ssl, tlsio_now_ms() + 5000, &why);
+	EXPECT_EQ(rc, 0) << why.reason;
+	// Let TLS 1.3 tickets arrive: read until the server has sent them.
+	char b;
+	long until = tlsio_now_ms() + 2000;
+	while (tlsio_now_ms() < until && SSL_read(ssl, &b, 1) <= 0 &&
+	       SSL_get_error(ssl, -1) == SSL_ERROR_WANT_READ &&
+	       SSL_SESSION_is_resumable(SSL_get0_session(ssl)) == 0)
+		tlsio_wait(sv[0], POLLIN, until);
+	int resumed = SSL_session_reused(ssl);
+	SSL_shutdown(ssl);
+	SSL_free(ssl);
+	shutdown(sv[0], SHUT_RDWR);
+	server.join();
+	close(sv[0]);
+	return resumed;
+}
+
+TEST(TlsioSessions, ResumesWithinTheSameRuleOnly)
+{
+	char err[256];
+	SSL_CTX *ctx = tlsio_client_ctx(err, sizeof(err));
+	ASSERT_NE(ctx, nullptr) << err;
+	EXPECT_EQ(resumed_against_shared(ctx), 0) << "the first connection is a full handshake";
+	EXPECT_EQ(resumed_against_shared(ctx), 1) << "the second resumes";
+
+	// Another rule (another context) never gets that session.
+	static struct conf_tls other;
+	other.ca_file = conf_get()->tls.ca_file;
+	other.min_protocol = 0x0303;
+	SSL_CTX *ctx2 = tlsio_ctx_new(&other, err, sizeof(err));
+	ASSERT_NE(ctx2, nullptr) << err;
+	EXPECT_EQ(resumed_against_shared(ctx2), 0);
+	SSL_CTX_free(ctx2);
 }
 
 } // namespace
