@@ -39,6 +39,7 @@
 static void sess_state_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
                             void *argp);
 static int sess_new_cb(SSL *ssl, SSL_SESSION *sess);
+static bool must_staple(X509 *cert);
 
 /* --- the socket BIO ------------------------------------------------------- */
 
@@ -574,7 +575,13 @@ static void sess_store(SSL *ssl, SSL_SESSION *sess)
 	SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
 	struct sess_slot *slot;
 
+	const struct conf_tls *t = SSL_CTX_get_ex_data(ctx, ex_ctx_tls);
+	X509 *leaf = SSL_get0_peer_certificate(ssl);
+
 	if (st == NULL || !st->verified || sess == NULL || !SSL_SESSION_is_resumable(sess))
+		return;
+	/* A resumed handshake carries no staple: where one is demanded, never resume. */
+	if ((t != NULL && t->ocsp == OCSP_REQUIRE) || (leaf != NULL && must_staple(leaf)))
 		return;
 	SSL_SESSION_up_ref(sess);
 	pthread_mutex_lock(&sess_lock);
@@ -608,10 +615,13 @@ static void sess_offer(SSL *ssl, struct sess_state *st)
 		    SSL_SESSION_is_resumable(slot->sess) && SSL_set_session(ssl, slot->sess) == 1) {
 			memcpy(st->ocsp, slot->ocsp, sizeof(st->ocsp));
 			st->offered = true;
-		} else {
-			SSL_SESSION_free(slot->sess);
-			slot->sess = NULL;
 		}
+		/*
+		 * Used once (RFC 8446 appendix C.4: a ticket reused would link
+		 * connections); the new connection's own tickets take its place.
+		 */
+		SSL_SESSION_free(slot->sess);
+		slot->sess = NULL;
 	}
 	pthread_mutex_unlock(&sess_lock);
 }
@@ -1145,9 +1155,9 @@ int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
 		if (st != NULL) {
 			st->verified = true;
 			memcpy(st->ocsp, why->ocsp, sizeof(st->ocsp));
-			if (!SSL_session_reused(ssl))
-				sess_store(ssl, SSL_get0_session(
-				                        ssl)); /* TLS 1.2; 1.3 tickets come later */
+			/* TLS 1.2 sessions are stored here; TLS 1.3 tickets come later. */
+			if (SSL_version(ssl) < TLS1_3_VERSION)
+				sess_store(ssl, SSL_get0_session(ssl));
 		}
 	}
 	return rc;
