@@ -517,6 +517,24 @@ out:
 	return ok ? 0 : -1;
 }
 
+/* An SSL object of `ctx` on socket `fd`, through the no-SIGPIPE socket BIO. */
+static SSL *ssl_on_socket(SSL_CTX *ctx, int fd)
+{
+	SSL *ssl = SSL_new(ctx);
+	BIO *bio;
+
+	if (ssl == NULL)
+		return NULL;
+	bio = BIO_new(sock_method);
+	if (bio == NULL) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	BIO_set_fd(bio, fd, BIO_NOCLOSE);
+	SSL_set_bio(ssl, bio, bio);
+	return ssl;
+}
+
 /* --- client session cache ------------------------------------------------------ */
 
 /*
@@ -628,20 +646,12 @@ static void sess_offer(SSL *ssl, struct sess_state *st)
 
 SSL *tlsio_client_new(SSL_CTX *ctx, int fd, const char *name, const struct sockaddr *peer)
 {
+	SSL *ssl = ssl_on_socket(ctx, fd);
 	X509_VERIFY_PARAM *vp;
-	SSL *ssl = SSL_new(ctx);
 	struct sess_state *st;
-	BIO *bio;
 
 	if (ssl == NULL)
 		return NULL;
-	bio = BIO_new(sock_method);
-	if (bio == NULL) {
-		SSL_free(ssl);
-		return NULL;
-	}
-	BIO_set_fd(bio, fd, BIO_NOCLOSE);
-	SSL_set_bio(ssl, bio, bio);
 	vp = SSL_get0_param(ssl);
 	if (name != NULL) {
 		/* RFC 6066 section 3: SNI carries host names, never literals. */
@@ -1475,19 +1485,10 @@ void tlsio_track_failure(SSL *ssl, struct tls_failure *why)
 
 SSL *tlsio_server_new(SSL_CTX *ctx, int fd)
 {
-	SSL *ssl = SSL_new(ctx);
-	BIO *bio;
+	SSL *ssl = ssl_on_socket(ctx, fd);
 
-	if (ssl == NULL)
-		return NULL;
-	bio = BIO_new(sock_method);
-	if (bio == NULL) {
-		SSL_free(ssl);
-		return NULL;
-	}
-	BIO_set_fd(bio, fd, BIO_NOCLOSE);
-	SSL_set_bio(ssl, bio, bio);
-	SSL_set_accept_state(ssl);
+	if (ssl != NULL)
+		SSL_set_accept_state(ssl);
 	return ssl;
 }
 
