@@ -117,6 +117,7 @@ build-fuzz/conf_fuzz: $(FUZZ_SRCS) $(HEADERS)
 fuzz: build-fuzz/conf_fuzz
 	@mkdir -p build-fuzz/corpus
 	build-fuzz/conf_fuzz -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+		-artifact_prefix=build-fuzz/ \
 		-print_final_stats=1 build-fuzz/corpus tests/fuzz/corpus
 
 # --- lint --------------------------------------------------------------------

@@ -1078,11 +1078,12 @@ int conf_load(struct shim_conf *c, const char *file)
 
 static void free_tls(struct conf_tls *t, const struct conf_tls *shared)
 {
-	const char **own[] = {&t->ca_file, &t->ca_dir,  &t->approved_cert, &t->cert,
-	                      &t->key,     &t->ciphers, &t->ciphersuites};
+	const char **own[] = {&t->ca_file, &t->ca_dir,       &t->approved_cert, &t->cert,   &t->key,
+	                      &t->ciphers, &t->ciphersuites, &t->crl_file,      &t->crl_dir};
 	const char *const *theirs[] = {
-	        &shared->ca_file, &shared->ca_dir,  &shared->approved_cert, &shared->cert,
-	        &shared->key,     &shared->ciphers, &shared->ciphersuites};
+	        &shared->ca_file,      &shared->ca_dir,   &shared->approved_cert,
+	        &shared->cert,         &shared->key,      &shared->ciphers,
+	        &shared->ciphersuites, &shared->crl_file, &shared->crl_dir};
 	size_t i;
 
 	for (i = 0; i < sizeof(own) / sizeof(own[0]); i++) {

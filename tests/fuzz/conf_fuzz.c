@@ -6,7 +6,6 @@
  * policy (TLS contexts) is built from it when it is usable.  Crashes, leaks
  * and undefined behaviour fail the run.
  */
-#define _GNU_SOURCE
 #include "conf.h"
 #include "policy.h"
 
