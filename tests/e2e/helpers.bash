@@ -153,6 +153,17 @@ wait_listen() {
 start_nginx() {
   local port=$1 cert=$2 dir=$BATS_TEST_TMPDIR/nginx-$1
   mkdir -p "$dir/html/files"
+  nginx_tls "$port" "$CERTS/$cert.pem" "$CERTS/$cert.key" \
+    "location /files/ { root $dir/html; }" \
+    'tlsshim-e2e ok proto=$ssl_protocol sni=$ssl_server_name uri=$request_uri'
+}
+
+# nginx_tls PORT CERT KEY EXTRA REPLY: the TLS-only nginx both starters use,
+# on 127.0.0.1:PORT (and [::1]:PORT), in $BATS_TEST_TMPDIR/nginx-PORT; EXTRA
+# goes into the server block, REPLY (nginx variables allowed) answers `/`.
+nginx_tls() {
+  local port=$1 cert=$2 key=$3 extra=$4 reply=$5 dir=$BATS_TEST_TMPDIR/nginx-$1
+  mkdir -p "$dir"
   local listen6=
   have_ipv6 && listen6="listen [::1]:$port ssl;"
   cat >"$dir/nginx.conf" <<EOF
@@ -174,11 +185,11 @@ http {
     listen 127.0.0.1:$port ssl;
     $listen6
     ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $CERTS/$cert.pem;
-    ssl_certificate_key $CERTS/$cert.key;
-    location /files/ { root $dir/html; }
+    ssl_certificate $cert;
+    ssl_certificate_key $key;
+    $extra
     location / {
-      return 200 "tlsshim-e2e ok proto=\$ssl_protocol sni=\$ssl_server_name uri=\$request_uri\n";
+      return 200 "$reply\n";
     }
   }
 }
@@ -420,44 +431,11 @@ assert_log_fields() {
 # is answered with one line:
 #   tlsshim-e2e ok proto=P cipher=C sni=S client_verify=V client_dn=D uri=U
 start_nginx_with() {
-  local port=$1 cert=$2 key=$3 dir=$BATS_TEST_TMPDIR/nginx-$1
+  local port=$1 cert=$2 key=$3
   shift 3
-  mkdir -p "$dir/html"
-  local listen6=
-  have_ipv6 && listen6="listen [::1]:$port ssl;"
-  cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log notice;
-events { worker_connections 64; }
-http {
-  access_log $dir/access.log;
-  client_body_temp_path $dir/client_body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi;
-  scgi_temp_path $dir/scgi;
-  default_type text/plain;
-  server {
-    listen 127.0.0.1:$port ssl;
-    $listen6
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $cert;
-    ssl_certificate_key $key;
-    $*
-    location / {
-      return 200 "tlsshim-e2e ok proto=\$ssl_protocol cipher=\$ssl_cipher sni=\$ssl_server_name client_verify=\$ssl_client_verify client_dn=\$ssl_client_s_dn uri=\$request_uri\n";
-    }
-  }
-}
-EOF
-  start_bg "nginx-$port" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
-  wait_listen "$port" "$(listen_count)" "nginx-$port" || {
-    cat "$dir/error.log" >&2
-    return 1
-  }
+  mkdir -p "$BATS_TEST_TMPDIR/nginx-$port/html"
+  nginx_tls "$port" "$cert" "$key" "$*" \
+    'tlsshim-e2e ok proto=$ssl_protocol cipher=$ssl_cipher sni=$ssl_server_name client_verify=$ssl_client_verify client_dn=$ssl_client_s_dn uri=$request_uri'
 }
 
 # NETNS_V4, NETNS_V6: addresses that in_netns puts on the namespace's own
