@@ -153,6 +153,7 @@ wait_listen() {
 start_nginx() {
   local port=$1 cert=$2 dir=$BATS_TEST_TMPDIR/nginx-$1
   mkdir -p "$dir/html/files"
+  # shellcheck disable=SC2016 # nginx's variables, not the shell's
   nginx_tls "$port" "$CERTS/$cert.pem" "$CERTS/$cert.key" \
     "location /files/ { root $dir/html; }" \
     'tlsshim-e2e ok proto=$ssl_protocol sni=$ssl_server_name uri=$request_uri'
@@ -434,6 +435,7 @@ start_nginx_with() {
   local port=$1 cert=$2 key=$3
   shift 3
   mkdir -p "$BATS_TEST_TMPDIR/nginx-$port/html"
+  # shellcheck disable=SC2016 # nginx's variables, not the shell's
   nginx_tls "$port" "$cert" "$key" "$*" \
     'tlsshim-e2e ok proto=$ssl_protocol cipher=$ssl_cipher sni=$ssl_server_name client_verify=$ssl_client_verify client_dn=$ssl_client_s_dn uri=$request_uri'
 }
