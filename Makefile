@@ -29,7 +29,7 @@ CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror $(SANFL
 LDHARDEN := -Wl,-z,relro,-z,now
 LIBS := -lssl -lcrypto -ldl -lpthread
 
-LIB_MODULES := real conf names fdreg log tlsio policy relay shim
+LIB_MODULES := real conf names fdreg log ocsp staple tlsio policy relay shim
 LIB_OBJS := $(LIB_MODULES:%=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard shim/*.h)
 
@@ -47,7 +47,8 @@ $(BUILD)/libtlsshim.so: $(LIB_OBJS) shim/exports.map
 
 # The command links the library's own modules (not shim.o, whose exports
 # would interpose the command itself), so check/probe/verify run the same code.
-CLI_OBJS := $(addprefix $(BUILD)/obj/,cli.o conf.o names.o tlsio.o policy.o)
+CLI_OBJS := $(addprefix $(BUILD)/obj/,cli.o conf.o names.o ocsp.o staple.o log.o fdreg.o real.o \
+	tlsio.o policy.o)
 $(BUILD)/tlsshim: $(CLI_OBJS)
 	@echo "  LD      $@"
 	@$(CC) $(SANFLAGS) $(LDHARDEN) -pie -o $@ $^ -lssl -lcrypto -lpthread
@@ -63,9 +64,10 @@ UNIT_DEPS_names := names
 UNIT_DEPS_conf := conf names
 UNIT_DEPS_fdreg := fdreg real
 UNIT_DEPS_log := log conf names fdreg real
-UNIT_DEPS_tlsio := tlsio conf names
-UNIT_DEPS_policy := policy conf names tlsio
-UNIT_DEPS_relay := relay log conf names fdreg real tlsio
+UNIT_DEPS_tlsio := tlsio ocsp staple log fdreg real conf names
+UNIT_DEPS_policy := policy conf names tlsio ocsp staple log fdreg real
+UNIT_DEPS_relay := relay log conf names fdreg real tlsio ocsp staple
+UNIT_DEPS_ocsp := ocsp staple tlsio log conf names fdreg real
 UNIT_TESTS := $(patsubst tests/unit/%_test.cc,%,$(wildcard tests/unit/*_test.cc))
 UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/tests/%_test)
 
@@ -107,7 +109,8 @@ test: test-unit test-inproc test-e2e
 
 # Fuzz the configuration loader with libFuzzer for a bounded time.
 FUZZ_SECONDS ?= 30
-FUZZ_SRCS := tests/fuzz/conf_fuzz.c $(addprefix shim/,conf.c names.c tlsio.c policy.c)
+FUZZ_SRCS := tests/fuzz/conf_fuzz.c $(addprefix shim/,conf.c names.c tlsio.c policy.c ocsp.c \
+	staple.c log.c fdreg.c real.c)
 build-fuzz/conf_fuzz: $(FUZZ_SRCS) $(HEADERS)
 	@mkdir -p build-fuzz
 	@echo "  CLANG   $@"

@@ -288,6 +288,9 @@ static void print_tls(const struct conf_tls *t, const char *indent)
 	printf("\n%smin_protocol=%s ocsp=%s ocsp_skew=%ds pins=%zu", indent,
 	       t->min_protocol == 0x0304 ? "TLSv1.3" : "TLSv1.2", conf_ocsp_name(t->ocsp),
 	       t->ocsp_skew_s, t->npins);
+	if (t->ocsp_fetch)
+		printf(" ocsp_fetch=yes ocsp_fetch_timeout=%.1fs",
+		       t->ocsp_fetch_timeout_ms / 1000.0);
 	if (t->crl_file || t->crl_dir)
 		printf(" crl=%s crl_check=%s", t->crl_file ? t->crl_file : t->crl_dir,
 		       t->crl_chain ? "chain" : "leaf");
@@ -318,6 +321,8 @@ static void print_inbound_one(const struct conf_inbound *in, const char *indent)
 		printf(" client_ca=%s", in->client_ca);
 	if (in->ocsp_response_file)
 		printf(" ocsp_response_file=%s", in->ocsp_response_file);
+	if (in->ocsp_fetch)
+		printf(" ocsp_fetch=yes");
 	printf("\n%sallow_from:", indent);
 	for (j = 0; j < in->nallow; j++)
 		printf("%s %s", j ? "," : "", in->allow_from[j].text);

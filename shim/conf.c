@@ -30,14 +30,15 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#define DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
-#define DEFAULT_REPEAT_WINDOW_MS     10000
-#define DEFAULT_OCSP_SKEW_S          300
-#define DEFAULT_CONFIG_FILE          "/etc/tlsshim/tlsshim.conf"
-#define TLS12                        0x0303
-#define TLS13                        0x0304
-#define MAX_RULES                    1024
-#define MAX_MATCHES                  256
+#define DEFAULT_HANDSHAKE_TIMEOUT_MS  10000
+#define DEFAULT_REPEAT_WINDOW_MS      10000
+#define DEFAULT_OCSP_SKEW_S           300
+#define DEFAULT_OCSP_FETCH_TIMEOUT_MS 3000
+#define DEFAULT_CONFIG_FILE           "/etc/tlsshim/tlsshim.conf"
+#define TLS12                         0x0303
+#define TLS13                         0x0304
+#define MAX_RULES                     1024
+#define MAX_MATCHES                   256
 
 static struct shim_conf the_conf;
 static pthread_once_t conf_once = PTHREAD_ONCE_INIT;
@@ -415,6 +416,7 @@ static int add_pin(void *arg, const char *item)
 /* Which TLS keys a section set, for inheritance. */
 struct tls_set {
 	bool trust, min_protocol, ciphers, ciphersuites, ocsp, cert, pins, skew, crl, crl_check;
+	bool fetch, fetch_timeout;
 };
 
 /*
@@ -443,6 +445,15 @@ static int tls_key(struct loader *ld, const char *where, struct conf_tls *t, str
 		else
 			fail(ld, "%s crl_check = %s: expected leaf or chain", where, value);
 		set->crl_check = true;
+	} else if (strcmp(key, "ocsp_fetch") == 0) {
+		if (conf_parse_bool(value, &t->ocsp_fetch) != 0)
+			fail(ld, "%s ocsp_fetch = %s: expected yes or no", where, value);
+		set->fetch = true;
+	} else if (strcmp(key, "ocsp_fetch_timeout") == 0) {
+		if (conf_parse_seconds(value, &t->ocsp_fetch_timeout_ms) != 0)
+			fail(ld, "%s ocsp_fetch_timeout = %s: expected seconds, 0.1 to 3600", where,
+			     value);
+		set->fetch_timeout = true;
 	} else if (strcmp(key, "ocsp_skew") == 0) {
 		int ms = 0;
 
@@ -619,6 +630,10 @@ static void inherit(struct conf_tls *t, const struct tls_set *set, const struct 
 		t->ocsp = g->ocsp;
 	if (!set->skew)
 		t->ocsp_skew_s = g->ocsp_skew_s;
+	if (!set->fetch)
+		t->ocsp_fetch = g->ocsp_fetch;
+	if (!set->fetch_timeout)
+		t->ocsp_fetch_timeout_ms = g->ocsp_fetch_timeout_ms;
 	if (!set->crl) {
 		t->crl_file = g->crl_file;
 		t->crl_dir = g->crl_dir;
@@ -684,7 +699,8 @@ static void load_rule(struct loader *ld, CONF *nc, const char *section, struct c
 		fail(ld, "%s has no action (tls, plaintext or deny)", where);
 	else if (r->action != ACTION_TLS &&
 	         (set.trust || set.cert || set.pins || set.ciphers || set.ciphersuites ||
-	          set.ocsp || set.min_protocol || r->name != NULL))
+	          set.ocsp || set.fetch || set.fetch_timeout || set.min_protocol ||
+	          r->name != NULL))
 		fail(ld, "%s: action %s takes no TLS settings", where, conf_action_name(r->action));
 	else if ((r->tls.cert == NULL) != (r->tls.key == NULL))
 		fail(ld, "%s: cert and key go together", where);
@@ -854,9 +870,15 @@ static void inbound_check(struct loader *ld, const char *where, struct conf_inbo
 {
 	if (in->nlisten == 0)
 		fail(ld, "%s has no listen", where);
-	else if (in->action == ACTION_PLAINTEXT && (in->cert || in->key || in->client_ca ||
-	                                            in->nallow_client || in->ocsp_response_file))
+	else if (in->action == ACTION_PLAINTEXT &&
+	         (in->cert || in->key || in->client_ca || in->nallow_client ||
+	          in->ocsp_response_file || in->ocsp_fetch))
 		fail(ld, "%s: action plaintext takes no TLS settings", where);
+	else if (in->ocsp_fetch && in->ocsp_response_file != NULL)
+		fail(ld,
+		     "%s: ocsp_fetch and ocsp_response_file are two sources of one staple: "
+		     "choose one",
+		     where);
 	else if ((in->cert == NULL) != (in->key == NULL))
 		fail(ld, "%s: cert and key go together", where);
 	else if (in->client_cert != CLIENT_CERT_NONE && in->client_ca == NULL)
@@ -876,6 +898,7 @@ static void load_inbound(struct loader *ld, const char *section, struct conf_inb
 	in->section = strdup(section);
 	in->action = ACTION_TLS;
 	in->min_protocol = TLS12;
+	in->ocsp_fetch_timeout_ms = ld->c->tls.ocsp_fetch_timeout_ms;
 	if (sect == NULL) {
 		fail(ld, "inbound section [%s] does not exist", section);
 		return;
@@ -893,6 +916,14 @@ static void load_inbound(struct loader *ld, const char *section, struct conf_inb
 		} else if (strcmp(k, "cert") == 0 || strcmp(k, "key") == 0 ||
 		           strcmp(k, "client_ca") == 0 || strcmp(k, "ocsp_response_file") == 0) {
 			inbound_path(ld, where, in, k, v->value);
+		} else if (strcmp(k, "ocsp_fetch") == 0) {
+			if (conf_parse_bool(v->value, &in->ocsp_fetch) != 0)
+				fail(ld, "%s ocsp_fetch = %s: expected yes or no", where, v->value);
+		} else if (strcmp(k, "ocsp_fetch_timeout") == 0) {
+			if (conf_parse_seconds(v->value, &in->ocsp_fetch_timeout_ms) != 0)
+				fail(ld,
+				     "%s ocsp_fetch_timeout = %s: expected seconds, 0.1 to 3600",
+				     where, v->value);
 		} else if (strcmp(k, "client_cert") == 0) {
 			if (parse_client_cert(v->value, &in->client_cert) != 0)
 				fail(ld, "%s client_cert = %s: expected none, optional or require",
@@ -1043,6 +1074,7 @@ int conf_load(struct shim_conf *c, const char *file)
 	c->inbound_dft.action = ACTION_TLS;
 	c->inbound_dft.min_protocol = TLS12;
 	c->tls.ocsp_skew_s = DEFAULT_OCSP_SKEW_S;
+	c->tls.ocsp_fetch_timeout_ms = DEFAULT_OCSP_FETCH_TIMEOUT_MS;
 	snprintf(c->log_socket, sizeof(c->log_socket), "/dev/log");
 	c->log_facility = LOG_AUTHPRIV;
 	snprintf(c->log_ident, sizeof(c->log_ident), "tlsshim");

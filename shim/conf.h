@@ -37,10 +37,12 @@ struct conf_tls {
 	const char *ciphersuites;  /* TLS 1.3 suites, or NULL */
 	int min_protocol;          /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
 	enum conf_ocsp ocsp;
-	int ocsp_skew_s;      /* tolerance on OCSP thisUpdate/nextUpdate, seconds */
-	const char *crl_file; /* CRLs (PEM), or NULL */
-	const char *crl_dir;  /* CRLs (hashed directory), or NULL */
-	bool crl_chain;       /* check the whole chain, not only the server's */
+	int ocsp_skew_s;           /* tolerance on OCSP thisUpdate/nextUpdate, seconds */
+	bool ocsp_fetch;           /* require: ask the AIA responder when nothing is stapled */
+	int ocsp_fetch_timeout_ms; /* bound on that request (and on inbound refreshes) */
+	const char *crl_file;      /* CRLs (PEM), or NULL */
+	const char *crl_dir;       /* CRLs (hashed directory), or NULL */
+	bool crl_chain;            /* check the whole chain, not only the server's */
 	size_t npins;
 	unsigned char pins[CONF_MAX_PINS][CONF_PIN_LEN]; /* SPKI SHA-256 */
 };
@@ -85,6 +87,8 @@ struct conf_inbound {
 	const char *ciphers;
 	const char *ciphersuites;
 	const char *ocsp_response_file; /* DER response to staple, kept fresh by the operator */
+	bool ocsp_fetch; /* staple from the certificate's AIA responder, refreshed in the background */
+	int ocsp_fetch_timeout_ms; /* bound on each of those requests */
 };
 
 struct shim_conf {

@@ -13,6 +13,8 @@
 #include "tlsio.h"
 
 #include "conf.h"
+#include "ocsp.h"
+#include "staple.h"
 
 #include <openssl/evp.h>
 
@@ -39,7 +41,6 @@
 static void sess_state_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
                             void *argp);
 static int sess_new_cb(SSL *ssl, SSL_SESSION *sess);
-static bool must_staple(X509 *cert);
 
 /* --- the socket BIO ------------------------------------------------------- */
 
@@ -52,13 +53,12 @@ struct tlsio_peek {
 };
 
 static BIO_METHOD *sock_method;
-static int ex_peek = -1;       /* SSL ex_data: struct tlsio_peek * */
-static int ex_verify = -1;     /* SSL ex_data: struct tls_failure * being filled */
-static int ex_store_why = -1;  /* X509_STORE_CTX ex_data: struct tls_failure * */
-static int ex_ctx_tls = -1;    /* SSL_CTX ex_data: const struct conf_tls * */
-static int ex_srv_conf = -1;   /* SSL_CTX ex_data: const struct conf_inbound * */
-static int ex_srv_staple = -1; /* SSL_CTX ex_data: struct staple_cache * */
-static int ex_sess = -1;       /* SSL ex_data: struct sess_state * (client sessions) */
+static int ex_peek = -1;      /* SSL ex_data: struct tlsio_peek * */
+static int ex_verify = -1;    /* SSL ex_data: struct tls_failure * being filled */
+static int ex_store_why = -1; /* X509_STORE_CTX ex_data: struct tls_failure * */
+static int ex_ctx_tls = -1;   /* SSL_CTX ex_data: const struct conf_tls * */
+static int ex_srv_conf = -1;  /* SSL_CTX ex_data: const struct conf_inbound * */
+static int ex_sess = -1;      /* SSL ex_data: struct sess_state * (client sessions) */
 
 static int sock_write(BIO *b, const char *buf, int len)
 {
@@ -136,7 +136,6 @@ static void tlsio_init_once(void)
 	ex_store_why = X509_STORE_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_ctx_tls = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_srv_conf = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-	ex_srv_staple = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_sess = SSL_get_ex_new_index(0, NULL, NULL, NULL, sess_state_free);
 	sock_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
 	                           "tlsshim socket");
@@ -599,7 +598,7 @@ static void sess_store(SSL *ssl, SSL_SESSION *sess)
 	if (st == NULL || !st->verified || sess == NULL || !SSL_SESSION_is_resumable(sess))
 		return;
 	/* A resumed handshake carries no staple: where one is demanded, never resume. */
-	if ((t != NULL && t->ocsp == OCSP_REQUIRE) || (leaf != NULL && must_staple(leaf)))
+	if ((t != NULL && t->ocsp == OCSP_REQUIRE) || (leaf != NULL && ocsp_must_staple(leaf)))
 		return;
 	SSL_SESSION_up_ref(sess);
 	pthread_mutex_lock(&sess_lock);
@@ -870,20 +869,6 @@ static void classify(SSL *ssl, int sslerr, int sys_errno, const struct tlsio_pee
 
 /* --- OCSP staples ---------------------------------------------------------- */
 
-/* True when `cert` carries the TLS feature status_request (RFC 7633). */
-static bool must_staple(X509 *cert)
-{
-	TLS_FEATURE *features = X509_get_ext_d2i(cert, NID_tlsfeature, NULL, NULL);
-	bool found = false;
-	int i;
-
-	for (i = 0; features != NULL && i < sk_ASN1_INTEGER_num(features) && !found; i++)
-		found = ASN1_INTEGER_get(sk_ASN1_INTEGER_value(features, i)) ==
-		        TLSEXT_TYPE_status_request;
-	TLS_FEATURE_free(features);
-	return found;
-}
-
 static int ocsp_fail(struct tls_failure *why, const char *outcome, const char *fmt,
                      const char *detail) __attribute__((format(printf, 3, 0)));
 
@@ -900,53 +885,54 @@ static int ocsp_fail(struct tls_failure *why, const char *outcome, const char *f
 	return -1;
 }
 
-/* Finds the single response about `leaf` (issued by `issuer`), whatever hash its CertID uses. */
-static OCSP_SINGLERESP *find_single(OCSP_BASICRESP *basic, X509 *leaf, X509 *issuer)
+/*
+ * With ocsp_fetch, a server that staples nothing is not the end: ask the
+ * responder the certificate names (the cache first).  Returns 0 with the
+ * response in *der (OPENSSL_free it) and `*from` saying where it came from,
+ * or -1 with `err` saying why there is none.
+ */
+static int fetch_response(const struct conf_tls *t, X509 *leaf, X509 *issuer, long deadline_ms,
+                          unsigned char **der, long *len, const char **from, char *err,
+                          size_t errlen)
 {
-	int i;
+	char url[600];
+	long until = tlsio_now_ms() + t->ocsp_fetch_timeout_ms;
 
-	for (i = 0; i < OCSP_resp_count(basic); i++) {
-		OCSP_SINGLERESP *single = OCSP_resp_get0(basic, i);
-		const OCSP_CERTID *id = OCSP_SINGLERESP_get0_id(single);
-		ASN1_OBJECT *md_oid = NULL;
-		OCSP_CERTID *mine;
-		const EVP_MD *md;
-		int same;
-
-		if (OCSP_id_get0_info(NULL, &md_oid, NULL, NULL, (OCSP_CERTID *)id) != 1)
-			continue;
-		md = EVP_get_digestbyobj(md_oid);
-		mine = md != NULL ? OCSP_cert_to_id(md, leaf, issuer) : NULL;
-		same = mine != NULL && OCSP_id_cmp(mine, id) == 0;
-		OCSP_CERTID_free(mine);
-		if (same)
-			return single;
+	if (ocsp_cache_get(leaf, time(NULL), der, len) == 0) {
+		*from = "cache";
+		return 0;
 	}
-	return NULL;
+	if (ocsp_responder_url(leaf, url, sizeof(url), err, errlen) != 0)
+		return -1;
+	if (until > deadline_ms)
+		until = deadline_ms;
+	*from = "fetch";
+	return ocsp_fetch(url, leaf, issuer, until, -1, der, len, err, errlen);
 }
 
 /*
- * Checks the stapled OCSP response of a verified connection against the mode
- * of `t` (RFC 6960 section 3.2): signed by the issuer or a responder it
+ * Checks the OCSP response of a verified connection against the mode of `t`
+ * (RFC 6960 section 3.2): the staple, or with ocsp_fetch under require one
+ * fetched from the responder.  Signed by the issuer or a responder it
  * delegated to, about this certificate, current within the skew, and good.
  * Returns 0 to accept, -1 with `why` filled.
  */
-static int check_staple(SSL *ssl, const struct conf_tls *t, struct tls_failure *why)
+static int check_staple(SSL *ssl, const struct conf_tls *t, long deadline_ms,
+                        struct tls_failure *why)
 {
-	const unsigned char *der = NULL, *p;
+	const unsigned char *staple = NULL;
+	unsigned char *fetched = NULL;
 	STACK_OF(X509) *chain = SSL_get0_verified_chain(ssl);
 	X509 *leaf = SSL_get0_peer_certificate(ssl), *issuer;
-	OCSP_RESPONSE *resp = NULL;
-	OCSP_BASICRESP *basic = NULL;
-	OCSP_SINGLERESP *single;
-	ASN1_GENERALIZEDTIME *this_upd = NULL, *next_upd = NULL;
 	enum conf_ocsp mode = t != NULL ? t->ocsp : OCSP_PREFER;
 	long skew = t != NULL ? t->ocsp_skew_s : 300;
-	bool must = leaf != NULL && must_staple(leaf);
-	time_t now = time(NULL), edge;
-	long len = SSL_get_tlsext_status_ocsp_resp(ssl, &der);
-	int status, reason = -1, rc = -1;
-	unsigned long e;
+	bool must = leaf != NULL && ocsp_must_staple(leaf);
+	long len = SSL_get_tlsext_status_ocsp_resp(ssl, &staple);
+	const char *what = "bad OCSP staple", *from = "staple";
+	struct ocsp_verdict v;
+	char err[256];
+	time_t now = time(NULL);
+	int rc = -1;
 
 	if (must)
 		mode = OCSP_REQUIRE; /* RFC 7633: the certificate demands it */
@@ -954,93 +940,51 @@ static int check_staple(SSL *ssl, const struct conf_tls *t, struct tls_failure *
 		why->ocsp[0] = '\0';
 		return 0;
 	}
-	if (der == NULL || len <= 0) {
-		snprintf(why->ocsp, sizeof(why->ocsp), "none");
-		if (mode != OCSP_REQUIRE)
-			return 0;
-		return ocsp_fail(why, "none", "%s",
-		                 must ? "must-staple certificate without OCSP staple"
-		                      : "no OCSP staple");
-	}
 	if (leaf == NULL || chain == NULL || sk_X509_num(chain) < 1)
 		return ocsp_fail(why, "bad:parse", "bad OCSP staple: %s", "no verified chain");
 	issuer = sk_X509_num(chain) > 1 ? sk_X509_value(chain, 1) : leaf;
-	p = der;
-	resp = d2i_OCSP_RESPONSE(NULL, &p, len);
-	if (resp == NULL || p != der + len)
-		return (OCSP_RESPONSE_free(resp),
-		        ocsp_fail(why, "bad:parse", "bad OCSP staple: %s", "cannot be parsed"));
-	if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-		ocsp_fail(why, "bad:status", "bad OCSP staple: responder said %s",
-		          OCSP_response_status_str(OCSP_response_status(resp)));
-		goto out;
-	}
-	basic = OCSP_response_get1_basic(resp);
-	if (basic == NULL) {
-		ocsp_fail(why, "bad:parse", "bad OCSP staple: %s", "no basic response");
-		goto out;
-	}
-	/*
-	 * The signer must chain to our anchors and be the issuer or carry
-	 * id-kp-OCSPSigning from it; the server's chain may supply it.
-	 */
-	if (OCSP_basic_verify(basic, chain, SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)), 0) != 1) {
-		unsigned long first_ocsp = 0;
-		bool bad_signature = false;
+	if (staple == NULL || len <= 0) {
+		const char *none =
+		        must ? "must-staple certificate without OCSP staple" : "no OCSP staple";
 
-		/*
-		 * The first OCSP error says most ("missing ocspsigning usage"); a
-		 * signature failure may sit behind an EVP one.
-		 */
-		while ((e = ERR_get_error()) != 0) {
-			if (ERR_GET_LIB(e) != ERR_LIB_OCSP)
-				continue;
-			if (ERR_GET_REASON(e) == OCSP_R_SIGNATURE_FAILURE)
-				bad_signature = true;
-			if (first_ocsp == 0)
-				first_ocsp = e;
+		snprintf(why->ocsp, sizeof(why->ocsp), "none");
+		if (mode != OCSP_REQUIRE)
+			return 0;
+		if (t == NULL || !t->ocsp_fetch)
+			return ocsp_fail(why, "none", "%s", none);
+		if (fetch_response(t, leaf, issuer, deadline_ms, &fetched, &len, &from, err,
+		                   sizeof(err)) != 0) {
+			char text[sizeof(why->reason)];
+
+			snprintf(text, sizeof(text), "%s; %.200s", none, err);
+			return ocsp_fail(why, "none", "%s", text);
 		}
-		if (bad_signature)
-			ocsp_fail(why, "bad:signature", "bad OCSP staple: %s",
-			          "signature does not verify");
-		else
-			ocsp_fail(why, "bad:signer", "bad OCSP staple: %s",
-			          first_ocsp != 0 && ERR_reason_error_string(first_ocsp) != NULL
-			                  ? ERR_reason_error_string(first_ocsp)
-			                  : "signer not authorised");
-		goto out;
+		staple = fetched;
+		what = "bad OCSP response";
 	}
-	single = find_single(basic, leaf, issuer);
-	if (single == NULL) {
-		ocsp_fail(why, "bad:serial", "bad OCSP staple: %s", "not about this certificate");
-		goto out;
-	}
-	status = OCSP_single_get0_status(single, &reason, NULL, &this_upd, &next_upd);
-	edge = now + skew;
-	if (this_upd == NULL || X509_cmp_time(this_upd, &edge) > 0) {
-		ocsp_fail(why, "bad:future", "bad OCSP staple: %s", "thisUpdate is in the future");
-		goto out;
-	}
-	edge = now - skew;
-	if (next_upd != NULL && X509_cmp_time(next_upd, &edge) < 0) {
-		ocsp_fail(why, "bad:stale", "bad OCSP staple: %s", "nextUpdate has passed");
-		goto out;
-	}
-	if (status == V_OCSP_CERTSTATUS_GOOD) {
-		snprintf(why->ocsp, sizeof(why->ocsp), "good");
-		rc = 0;
-	} else if (status == V_OCSP_CERTSTATUS_REVOKED) {
-		char text[80];
+	if (ocsp_check(staple, len, leaf, issuer, chain,
+	               SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)), skew, now, &v) != 0) {
+		char text[sizeof(why->reason)];
 
-		snprintf(text, sizeof(text), "revoked (%s)",
-		         reason >= 0 ? OCSP_crl_reason_str(reason) : "unspecified");
-		ocsp_fail(why, "revoked", "%s", text);
-	} else {
-		ocsp_fail(why, "unknown", "%s", "OCSP status unknown");
+		snprintf(text, sizeof(text), "%s%s: %s", what,
+		         strcmp(from, "staple") == 0  ? ""
+		         : strcmp(from, "cache") == 0 ? " (cached)"
+		                                      : " (fetched)",
+		         v.reason);
+		ocsp_fail(why, v.outcome, "%s", text);
+		goto out;
 	}
+	snprintf(why->ocsp, sizeof(why->ocsp), "%s", v.outcome);
+	/* Fetched answers are kept until their nextUpdate; revoked ones too. */
+	if (strcmp(from, "fetch") == 0 && v.status != V_OCSP_CERTSTATUS_UNKNOWN &&
+	    v.next_update > now)
+		ocsp_cache_put(leaf, staple, len, v.next_update);
+	if (v.status == V_OCSP_CERTSTATUS_GOOD)
+		rc = 0;
+	else
+		ocsp_fail(why, v.outcome, "%s", v.reason);
 out:
-	OCSP_BASICRESP_free(basic);
-	OCSP_RESPONSE_free(resp);
+	OPENSSL_free(fetched);
 	return rc;
 }
 
@@ -1116,7 +1060,7 @@ int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
 			} else if (check_staple(
 			                   ssl,
 			                   SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_ctx_tls),
-			                   why) != 0) {
+			                   deadline_ms, why) != 0) {
 				tlsio_describe_cert(SSL_get0_peer_certificate(ssl), why);
 				snprintf(why->tls, sizeof(why->tls), "%s", SSL_get_version(ssl));
 				rc = -1;
@@ -1174,16 +1118,6 @@ int tlsio_handshake(SSL *ssl, long deadline_ms, struct tls_failure *why)
 }
 
 /* --- the server side (inbound mode) ----------------------------------------- */
-
-/* The operator's OCSP response file, re-read when it changes. */
-struct staple_cache {
-	pthread_mutex_t lock;
-	const char *path;
-	time_t mtime;
-	unsigned char *der;
-	long len;
-	time_t next_update; /* 0: none given */
-};
 
 static bool pattern_matches(const char *pattern, const char *value)
 {
@@ -1258,60 +1192,6 @@ static int server_verify_cb(int ok, X509_STORE_CTX *store)
 	    !client_allowed(cert, in))
 		return own_failure(store, why, cert, 0, "client certificate not in allow_client");
 	return 1;
-}
-
-static int server_status_cb(SSL *ssl, void *arg)
-{
-	struct staple_cache *sc = arg;
-	unsigned char *copy = NULL;
-	struct stat st;
-	long len = 0;
-
-	if (sc == NULL)
-		return SSL_TLSEXT_ERR_NOACK;
-	pthread_mutex_lock(&sc->lock);
-	if (stat(sc->path, &st) == 0 && st.st_mtime != sc->mtime) {
-		BIO *in = BIO_new_file(sc->path, "rb");
-		OCSP_RESPONSE *resp = in != NULL ? d2i_OCSP_RESPONSE_bio(in, NULL) : NULL;
-		OCSP_BASICRESP *basic = resp != NULL ? OCSP_response_get1_basic(resp) : NULL;
-		unsigned char *der = NULL;
-		int n = resp != NULL ? i2d_OCSP_RESPONSE(resp, &der) : -1;
-
-		OPENSSL_free(sc->der);
-		sc->der = NULL;
-		sc->len = 0;
-		sc->next_update = 0;
-		if (n > 0 && basic != NULL && OCSP_resp_count(basic) > 0) {
-			ASN1_GENERALIZEDTIME *next = NULL;
-			struct tm tm;
-
-			OCSP_single_get0_status(OCSP_resp_get0(basic, 0), NULL, NULL, NULL, &next);
-			if (next != NULL && ASN1_TIME_to_tm(next, &tm) == 1)
-				sc->next_update = timegm(&tm);
-			sc->der = der;
-			sc->len = n;
-			der = NULL;
-		}
-		OPENSSL_free(der);
-		OCSP_BASICRESP_free(basic);
-		OCSP_RESPONSE_free(resp);
-		BIO_free(in);
-		ERR_clear_error();
-		sc->mtime = st.st_mtime;
-	}
-	/* A stale response is not stapled (RFC 6960 section 4.2.2.1). */
-	if (sc->der != NULL && (sc->next_update == 0 || sc->next_update > time(NULL))) {
-		copy = OPENSSL_memdup(sc->der, (size_t)sc->len);
-		len = sc->len;
-	}
-	pthread_mutex_unlock(&sc->lock);
-	if (copy == NULL)
-		return SSL_TLSEXT_ERR_NOACK;
-	if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, len) != 1) {
-		OPENSSL_free(copy);
-		return SSL_TLSEXT_ERR_NOACK;
-	}
-	return SSL_TLSEXT_ERR_OK;
 }
 
 /*
@@ -1397,7 +1277,7 @@ SSL_CTX *tlsio_server_ctx_new(const struct conf_inbound *in, char *err, size_t e
 	SSL_CTX *ctx;
 
 	pthread_once(&tlsio_once, tlsio_init_once);
-	if (ex_srv_conf < 0 || ex_srv_staple < 0 || ex_verify < 0) {
+	if (ex_srv_conf < 0 || ex_verify < 0) {
 		ctx_error(err, errlen, "%s", "OpenSSL initialisation failed");
 		return NULL;
 	}
@@ -1457,20 +1337,8 @@ SSL_CTX *tlsio_server_ctx_new(const struct conf_inbound *in, char *err, size_t e
 		                   server_verify_cb);
 	else
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-	if (in->ocsp_response_file != NULL) {
-		struct staple_cache *sc = calloc(1, sizeof(*sc));
-
-		if (sc == NULL) {
-			ctx_error(err, errlen, "%s", "out of memory");
-			goto err;
-		}
-		pthread_mutex_init(&sc->lock, NULL);
-		sc->path = in->ocsp_response_file;
-		sc->mtime = (time_t)-1;
-		SSL_CTX_set_ex_data(ctx, ex_srv_staple, sc); /* lives as long as the process */
-		SSL_CTX_set_tlsext_status_cb(ctx, server_status_cb);
-		SSL_CTX_set_tlsext_status_arg(ctx, sc);
-	}
+	if (staple_attach(ctx, in, err, errlen) != 0)
+		goto err;
 	return ctx;
 err:
 	SSL_CTX_free(ctx);

@@ -1,0 +1,625 @@
+/*
+ * ocsp.c: checking, fetching and caching OCSP responses (see ocsp.h).
+ *
+ * The HTTP exchange uses OpenSSL's own client (OSSL_HTTP_REQ_CTX), fed
+ * through memory BIOs: this file moves the bytes between them and the socket
+ * with send(MSG_NOSIGNAL) and recv(), so that no write can raise SIGPIPE in
+ * the program, and so that one poll() on the socket and the cancel
+ * descriptor bounds every wait by the deadline.
+ */
+#include "ocsp.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/http.h>
+#include <openssl/ocsp.h>
+#include <openssl/tls1.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define OCSP_MAX_RESPONSE (64 * 1024)
+#define OCSP_URL_MAX      512
+
+/* --- checking ------------------------------------------------------------ */
+
+bool ocsp_must_staple(X509 *cert)
+{
+	TLS_FEATURE *features = X509_get_ext_d2i(cert, NID_tlsfeature, NULL, NULL);
+	bool found = false;
+	int i;
+
+	for (i = 0; features != NULL && i < sk_ASN1_INTEGER_num(features) && !found; i++)
+		found = ASN1_INTEGER_get(sk_ASN1_INTEGER_value(features, i)) ==
+		        TLSEXT_TYPE_status_request;
+	TLS_FEATURE_free(features);
+	return found;
+}
+
+static int bad(struct ocsp_verdict *v, const char *outcome, const char *reason)
+{
+	v->status = -1;
+	snprintf(v->outcome, sizeof(v->outcome), "%s", outcome);
+	snprintf(v->reason, sizeof(v->reason), "%s", reason);
+	ERR_clear_error();
+	return -1;
+}
+
+/* Finds the single response about `leaf` (issued by `issuer`), whatever hash its CertID uses. */
+static OCSP_SINGLERESP *find_single(OCSP_BASICRESP *basic, X509 *leaf, X509 *issuer)
+{
+	int i;
+
+	for (i = 0; i < OCSP_resp_count(basic); i++) {
+		OCSP_SINGLERESP *single = OCSP_resp_get0(basic, i);
+		const OCSP_CERTID *id = OCSP_SINGLERESP_get0_id(single);
+		ASN1_OBJECT *md_oid = NULL;
+		OCSP_CERTID *mine;
+		const EVP_MD *md;
+		int same;
+
+		if (OCSP_id_get0_info(NULL, &md_oid, NULL, NULL, (OCSP_CERTID *)id) != 1)
+			continue;
+		md = EVP_get_digestbyobj(md_oid);
+		mine = md != NULL ? OCSP_cert_to_id(md, leaf, issuer) : NULL;
+		same = mine != NULL && OCSP_id_cmp(mine, id) == 0;
+		OCSP_CERTID_free(mine);
+		if (same)
+			return single;
+	}
+	return NULL;
+}
+
+static time_t to_time(const ASN1_GENERALIZEDTIME *t)
+{
+	struct tm tm;
+
+	return t != NULL && ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
+}
+
+/* Why OCSP_basic_verify() failed: a bad signature, or a signer we do not accept. */
+static int verify_failure(struct ocsp_verdict *v)
+{
+	unsigned long e, first_ocsp = 0;
+	bool bad_signature = false;
+
+	/*
+	 * The first OCSP error says most ("missing ocspsigning usage"); a
+	 * signature failure may sit behind an EVP one.
+	 */
+	while ((e = ERR_get_error()) != 0) {
+		if (ERR_GET_LIB(e) != ERR_LIB_OCSP)
+			continue;
+		if (ERR_GET_REASON(e) == OCSP_R_SIGNATURE_FAILURE)
+			bad_signature = true;
+		if (first_ocsp == 0)
+			first_ocsp = e;
+	}
+	if (bad_signature)
+		return bad(v, "bad:signature", "signature does not verify");
+	return bad(v, "bad:signer",
+	           first_ocsp != 0 && ERR_reason_error_string(first_ocsp) != NULL
+	                   ? ERR_reason_error_string(first_ocsp)
+	                   : "signer not authorised");
+}
+
+int ocsp_check(const unsigned char *der, long len, X509 *leaf, X509 *issuer,
+               STACK_OF(X509) * untrusted, X509_STORE *store, long skew_s, time_t now,
+               struct ocsp_verdict *v)
+{
+	const unsigned char *p = der;
+	OCSP_RESPONSE *resp;
+	OCSP_BASICRESP *basic = NULL;
+	OCSP_SINGLERESP *single;
+	ASN1_GENERALIZEDTIME *this_upd = NULL, *next_upd = NULL;
+	time_t edge;
+	int status, reason = -1, rc = -1;
+
+	memset(v, 0, sizeof(*v));
+	v->status = -1;
+	if (der == NULL || len <= 0 || leaf == NULL || issuer == NULL)
+		return bad(v, "bad:parse", "no response or no verified chain");
+	resp = d2i_OCSP_RESPONSE(NULL, &p, len);
+	if (resp == NULL || p != der + len) {
+		OCSP_RESPONSE_free(resp);
+		return bad(v, "bad:parse", "cannot be parsed");
+	}
+	if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+		char text[80];
+
+		snprintf(text, sizeof(text), "responder said %s",
+		         OCSP_response_status_str(OCSP_response_status(resp)));
+		bad(v, "bad:status", text);
+		goto out;
+	}
+	basic = OCSP_response_get1_basic(resp);
+	if (basic == NULL) {
+		bad(v, "bad:parse", "no basic response");
+		goto out;
+	}
+	/* The signer must chain to `store` and be the issuer or carry id-kp-OCSPSigning from it. */
+	if (OCSP_basic_verify(basic, untrusted, store, 0) != 1) {
+		verify_failure(v);
+		goto out;
+	}
+	single = find_single(basic, leaf, issuer);
+	if (single == NULL) {
+		bad(v, "bad:serial", "not about this certificate");
+		goto out;
+	}
+	status = OCSP_single_get0_status(single, &reason, NULL, &this_upd, &next_upd);
+	edge = now + skew_s;
+	if (this_upd == NULL || X509_cmp_time(this_upd, &edge) > 0) {
+		bad(v, "bad:future", "thisUpdate is in the future");
+		goto out;
+	}
+	edge = now - skew_s;
+	if (next_upd != NULL && X509_cmp_time(next_upd, &edge) < 0) {
+		bad(v, "bad:stale", "nextUpdate has passed");
+		goto out;
+	}
+	v->this_update = to_time(this_upd);
+	v->next_update = to_time(next_upd);
+	v->status = status;
+	if (status == V_OCSP_CERTSTATUS_GOOD) {
+		snprintf(v->outcome, sizeof(v->outcome), "good");
+	} else if (status == V_OCSP_CERTSTATUS_REVOKED) {
+		snprintf(v->outcome, sizeof(v->outcome), "revoked");
+		snprintf(v->reason, sizeof(v->reason), "revoked (%s)",
+		         reason >= 0 ? OCSP_crl_reason_str(reason) : "unspecified");
+	} else {
+		snprintf(v->outcome, sizeof(v->outcome), "unknown");
+		snprintf(v->reason, sizeof(v->reason), "OCSP status unknown");
+	}
+	rc = 0;
+out:
+	ERR_clear_error();
+	OCSP_BASICRESP_free(basic);
+	OCSP_RESPONSE_free(resp);
+	return rc;
+}
+
+/* --- the responder's address ------------------------------------------------ */
+
+int ocsp_responder_url(X509 *cert, char *url, size_t urllen, char *err, size_t errlen)
+{
+	STACK_OF(OPENSSL_STRING) *urls = X509_get1_ocsp(cert);
+	const char *other = NULL;
+	int i, rc = -1;
+
+	for (i = 0; i < sk_OPENSSL_STRING_num(urls); i++) {
+		const char *u = sk_OPENSSL_STRING_value(urls, i);
+
+		if (strncasecmp(u, "http://", 7) != 0) {
+			other = u;
+			continue;
+		}
+		if (strlen(u) >= urllen || strlen(u) > OCSP_URL_MAX) {
+			snprintf(err, errlen, "OCSP responder URL too long");
+			goto out;
+		}
+		snprintf(url, urllen, "%s", u);
+		rc = 0;
+		goto out;
+	}
+	if (other != NULL)
+		snprintf(err, errlen, "certificate names no http:// OCSP responder (only %.100s)",
+		         other);
+	else
+		snprintf(err, errlen, "certificate names no OCSP responder");
+out:
+	X509_email_free(urls);
+	return rc;
+}
+
+/* --- fetching ------------------------------------------------------------------ */
+
+static int default_adopt(int fd)
+{
+	return fd;
+}
+
+static void default_release(int fd)
+{
+	close(fd);
+}
+
+static struct ocsp_net net = {connect, default_adopt, default_release};
+
+void ocsp_set_net(const struct ocsp_net *n)
+{
+	net.connect = n->connect != NULL ? n->connect : connect;
+	net.adopt = n->adopt != NULL ? n->adopt : default_adopt;
+	net.release = n->release != NULL ? n->release : default_release;
+}
+
+static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Waits for `events` on `fd` until `deadline_ms`, or until `cancel_fd` is
+ * readable.  Returns 1 ready, 0 timed out, -1 cancelled or failed.
+ */
+static int wait_fd(int fd, short events, int cancel_fd, long deadline_ms)
+{
+	for (;;) {
+		struct pollfd p[2] = {{fd, events, 0}, {cancel_fd, POLLIN, 0}};
+		long left = deadline_ms - now_ms();
+		int r;
+
+		if (left <= 0)
+			return 0;
+		r = poll(p, cancel_fd >= 0 ? 2 : 1, (int)(left > 60000 ? 60000 : left));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		if (r > 0 && cancel_fd >= 0 && p[1].revents != 0) {
+			errno = ECANCELED;
+			return -1;
+		}
+		if (r > 0)
+			return 1;
+	}
+}
+
+/*
+ * Resolves `host`:`port` within the deadline: literal addresses at once,
+ * names with getaddrinfo_a() (glibc), abandoned when the deadline passes.
+ */
+static int resolve(const char *host, const char *port, long deadline_ms, struct addrinfo **out,
+                   char *err, size_t errlen)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
+	struct gaicb *req;
+	struct gaicb *list[1];
+	long left;
+	int r;
+
+	if (getaddrinfo(host, port, &hints, out) == 0)
+		return 0;
+	req = calloc(1, sizeof(*req) + sizeof(hints));
+	if (req == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	hints.ai_flags = AI_ADDRCONFIG;
+	memcpy(req + 1, &hints, sizeof(hints));
+	req->ar_name = host;
+	req->ar_service = port;
+	req->ar_request = (const struct addrinfo *)(req + 1);
+	list[0] = req;
+	if (getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0) {
+		free(req);
+		snprintf(err, errlen, "cannot resolve %s", host);
+		return -1;
+	}
+	while ((r = gai_error(req)) == EAI_INPROGRESS && (left = deadline_ms - now_ms()) > 0) {
+		struct timespec ts = {left / 1000, (left % 1000) * 1000000};
+
+		gai_suspend((const struct gaicb *const *)list, 1, &ts);
+	}
+	if (r == EAI_INPROGRESS) {
+		/*
+		 * Still running: a cancelled lookup's memory may be freed; one
+		 * that cannot be cancelled is left to finish (a small, bounded
+		 * leak, only when the resolver itself outlives the deadline).
+		 */
+		if (gai_cancel(req) == EAI_CANCELED)
+			free(req);
+		snprintf(err, errlen, "resolving %s timed out", host);
+		return -1;
+	}
+	if (r != 0) {
+		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(r));
+		free(req);
+		return -1;
+	}
+	*out = req->ar_result;
+	free(req);
+	return 0;
+}
+
+/* Connects a non-blocking socket to one of `ai` within the deadline. */
+static int open_conn(struct addrinfo *ai, long deadline_ms, int cancel_fd, char *err, size_t errlen)
+{
+	int last = ECONNREFUSED;
+
+	for (; ai != NULL; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		int soerr = 0, r;
+		socklen_t l = sizeof(soerr);
+
+		if (fd < 0) {
+			last = errno;
+			continue;
+		}
+		fd = net.adopt(fd);
+		if (fd < 0) {
+			last = errno;
+			continue;
+		}
+		if (net.connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			return fd;
+		if (errno != EINPROGRESS) {
+			last = errno;
+			net.release(fd);
+			continue;
+		}
+		r = wait_fd(fd, POLLOUT, cancel_fd, deadline_ms);
+		if (r == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l) == 0 && soerr == 0)
+			return fd;
+		last = r == 0 ? ETIMEDOUT : r < 0 ? errno : soerr;
+		net.release(fd);
+		if (r <= 0)
+			break;
+	}
+	snprintf(err, errlen, "cannot connect: %s", strerror(last));
+	return -1;
+}
+
+/* Sends what the HTTP client wrote into `wbio`. Returns 0, or -1. */
+static int flush_out(int fd, BIO *wbio, int cancel_fd, long deadline_ms)
+{
+	char *data;
+	long n = BIO_get_mem_data(wbio, &data);
+	long off = 0;
+
+	while (off < n) {
+		ssize_t w = send(fd, data + off, (size_t)(n - off), MSG_NOSIGNAL);
+
+		if (w > 0) {
+			off += w;
+		} else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+			int r = wait_fd(fd, POLLOUT, cancel_fd, deadline_ms);
+
+			if (r <= 0) {
+				if (r == 0)
+					errno = ETIMEDOUT;
+				return -1;
+			}
+		} else {
+			return -1;
+		}
+	}
+	(void)BIO_reset(wbio);
+	return 0;
+}
+
+/* The exchange on connected `fd`. Returns the response, or NULL with `err`. */
+static OCSP_RESPONSE *exchange(int fd, const char *hostport, const char *path, OCSP_REQUEST *req,
+                               long deadline_ms, int cancel_fd, char *err, size_t errlen)
+{
+	BIO *wbio = BIO_new(BIO_s_mem()), *rbio = BIO_new(BIO_s_mem());
+	OSSL_HTTP_REQ_CTX *rctx = NULL;
+	OCSP_RESPONSE *resp = NULL;
+	const char *why = "cannot set up the request";
+
+	if (wbio == NULL || rbio == NULL)
+		goto out;
+	BIO_set_mem_eof_return(rbio, -1); /* empty: "retry", not end of stream */
+	rctx = OSSL_HTTP_REQ_CTX_new(wbio, rbio, 4096);
+	if (rctx == NULL || OSSL_HTTP_REQ_CTX_set_request_line(rctx, 1, NULL, NULL, path) != 1 ||
+	    OSSL_HTTP_REQ_CTX_add1_header(rctx, "Host", hostport) != 1 ||
+	    OSSL_HTTP_REQ_CTX_set_expected(rctx, NULL, 1, 0, 0) != 1 ||
+	    OSSL_HTTP_REQ_CTX_set1_req(rctx, "application/ocsp-request",
+	                               ASN1_ITEM_rptr(OCSP_REQUEST), (const ASN1_VALUE *)req) != 1)
+		goto out;
+	OSSL_HTTP_REQ_CTX_set_max_response_length(rctx, OCSP_MAX_RESPONSE);
+	for (;;) {
+		char buf[4096];
+		ssize_t n;
+		int r = OSSL_HTTP_REQ_CTX_nbio_d2i(rctx, (ASN1_VALUE **)&resp,
+		                                   ASN1_ITEM_rptr(OCSP_RESPONSE));
+
+		if (flush_out(fd, wbio, cancel_fd, deadline_ms) != 0) {
+			why = errno == ETIMEDOUT ? "timed out" : strerror(errno);
+			goto out;
+		}
+		if (r == 1)
+			break;
+		if (r == 0) {
+			unsigned long e = ERR_peek_last_error();
+
+			why = e != 0 && ERR_reason_error_string(e) != NULL
+			              ? ERR_reason_error_string(e)
+			              : "bad HTTP response";
+			goto out;
+		}
+		r = wait_fd(fd, POLLIN, cancel_fd, deadline_ms);
+		if (r <= 0) {
+			why = r == 0 ? "timed out" : strerror(errno);
+			goto out;
+		}
+		n = recv(fd, buf, sizeof(buf), 0);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n < 0) {
+			why = strerror(errno);
+			goto out;
+		}
+		if (n == 0)
+			BIO_set_mem_eof_return(rbio, 0); /* the responder closed */
+		else if (BIO_write(rbio, buf, (int)n) != n)
+			goto out;
+	}
+	why = NULL;
+out:
+	if (why != NULL) {
+		snprintf(err, errlen, "%s", why);
+		OCSP_RESPONSE_free(resp);
+		resp = NULL;
+	}
+	OSSL_HTTP_REQ_CTX_free(rctx); /* frees both BIOs */
+	if (rctx == NULL) {
+		BIO_free(wbio);
+		BIO_free(rbio);
+	}
+	ERR_clear_error();
+	return resp;
+}
+
+int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int cancel_fd,
+               unsigned char **der, long *len, char *err, size_t errlen)
+{
+	char *host = NULL, *port = NULL, *path = NULL, *query = NULL, hostport[300];
+	char fullpath[OCSP_URL_MAX + 2];
+	struct addrinfo *ai = NULL;
+	OCSP_REQUEST *req = NULL;
+	OCSP_CERTID *id;
+	OCSP_RESPONSE *resp = NULL;
+	int ssl = 0, fd = -1, n, rc = -1;
+	char why[160] = "";
+
+	*der = NULL;
+	*len = 0;
+	if (OSSL_HTTP_parse_url(url, &ssl, NULL, &host, &port, NULL, &path, &query, NULL) != 1 ||
+	    ssl) {
+		snprintf(why, sizeof(why), "not an http:// URL");
+		goto out;
+	}
+	snprintf(fullpath, sizeof(fullpath), "%s%s%s", path, query != NULL ? "?" : "",
+	         query != NULL ? query : "");
+	snprintf(hostport, sizeof(hostport), strchr(host, ':') != NULL ? "[%s]:%s" : "%s:%s", host,
+	         port);
+	req = OCSP_REQUEST_new();
+	id = OCSP_cert_to_id(NULL, leaf, issuer);
+	if (req == NULL || id == NULL || OCSP_request_add0_id(req, id) == NULL) {
+		OCSP_CERTID_free(id);
+		snprintf(why, sizeof(why), "cannot build the request");
+		goto out;
+	}
+	if (resolve(host, port, deadline_ms, &ai, why, sizeof(why)) != 0)
+		goto out;
+	fd = open_conn(ai, deadline_ms, cancel_fd, why, sizeof(why));
+	if (fd < 0)
+		goto out;
+	resp = exchange(fd, hostport, fullpath, req, deadline_ms, cancel_fd, why, sizeof(why));
+	if (resp == NULL)
+		goto out;
+	n = i2d_OCSP_RESPONSE(resp, der);
+	if (n <= 0) {
+		*der = NULL;
+		snprintf(why, sizeof(why), "cannot encode the response");
+		goto out;
+	}
+	*len = n;
+	rc = 0;
+out:
+	if (rc != 0)
+		snprintf(err, errlen, "OCSP responder %.200s: %s", url, why);
+	if (fd >= 0)
+		net.release(fd);
+	freeaddrinfo(ai);
+	OCSP_RESPONSE_free(resp);
+	OCSP_REQUEST_free(req);
+	OPENSSL_free(host);
+	OPENSSL_free(port);
+	OPENSSL_free(path);
+	OPENSSL_free(query);
+	ERR_clear_error();
+	return rc;
+}
+
+/* --- the cache ----------------------------------------------------------------- */
+
+struct cache_slot {
+	unsigned char leaf[32]; /* SHA-256 of the leaf certificate */
+	unsigned char *der;     /* NULL: free slot */
+	long len;
+	time_t expires;
+};
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cache_slot cache[OCSP_CACHE_SLOTS];
+
+static bool leaf_digest(X509 *leaf, unsigned char md[32])
+{
+	unsigned int n = 0;
+
+	return X509_digest(leaf, EVP_sha256(), md, &n) == 1 && n == 32;
+}
+
+int ocsp_cache_get(X509 *leaf, time_t now, unsigned char **der, long *len)
+{
+	unsigned char md[32];
+	int i, rc = -1;
+
+	*der = NULL;
+	if (!leaf_digest(leaf, md))
+		return -1;
+	pthread_mutex_lock(&cache_lock);
+	for (i = 0; i < OCSP_CACHE_SLOTS; i++) {
+		struct cache_slot *s = &cache[i];
+
+		if (s->der == NULL || memcmp(s->leaf, md, sizeof(md)) != 0)
+			continue;
+		if (s->expires <= now) {
+			OPENSSL_free(s->der);
+			s->der = NULL;
+			break;
+		}
+		*der = OPENSSL_memdup(s->der, (size_t)s->len);
+		*len = s->len;
+		rc = *der != NULL ? 0 : -1;
+		break;
+	}
+	pthread_mutex_unlock(&cache_lock);
+	return rc;
+}
+
+void ocsp_cache_put(X509 *leaf, const unsigned char *der, long len, time_t expires)
+{
+	unsigned char md[32], *copy;
+	struct cache_slot *victim = NULL;
+	int i;
+
+	if (len <= 0 || !leaf_digest(leaf, md) || (copy = OPENSSL_memdup(der, (size_t)len)) == NULL)
+		return;
+	pthread_mutex_lock(&cache_lock);
+	for (i = 0; i < OCSP_CACHE_SLOTS; i++) {
+		struct cache_slot *s = &cache[i];
+
+		if (s->der != NULL && memcmp(s->leaf, md, sizeof(md)) == 0) {
+			victim = s; /* replace this certificate's older response */
+			break;
+		}
+		if (victim == NULL ||
+		    (victim->der != NULL && (s->der == NULL || s->expires < victim->expires)))
+			victim = s;
+	}
+	OPENSSL_free(victim->der);
+	memcpy(victim->leaf, md, sizeof(md));
+	victim->der = copy;
+	victim->len = len;
+	victim->expires = expires;
+	pthread_mutex_unlock(&cache_lock);
+}
+
+void ocsp_cache_clear(void)
+{
+	int i;
+
+	pthread_mutex_lock(&cache_lock);
+	for (i = 0; i < OCSP_CACHE_SLOTS; i++) {
+		OPENSSL_free(cache[i].der);
+		cache[i].der = NULL;
+	}
+	pthread_mutex_unlock(&cache_lock);
+}
+
+void ocsp_atfork_child(void)
+{
+	pthread_mutex_init(&cache_lock, NULL);
+}
