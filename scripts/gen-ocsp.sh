@@ -26,6 +26,15 @@
 #   partner-responder.pem  EKU OCSPSigning, issued by partner-ca: trusted when
 #                   ca-and-partner.pem is the trust, but not ca's delegate
 #   ca-and-partner.pem     ca.pem followed by partner-ca.pem (a trust bundle)
+#   aia-good.pem    leaf with an AIA OCSP URL http://127.0.0.1:$AIA_PORT/
+#                   (AIA_PORT, default 18888: tests run the responder in a
+#                   network namespace of their own), status good;
+#                   aia-good-chain.pem is it followed by ca.pem (for
+#                   inbound `ocsp_fetch`, which needs the issuer)
+#   aia-revoked.pem the same, revoked (keyCompromise); aia-revoked-chain.pem
+#   aia-unknown.pem the same, not in index.txt (unknown)
+#   aia-mustaple.pem  AIA and must-staple, status good
+#   aia-https.pem   AIA naming only an https:// responder (not fetched)
 #   index.txt       the ca database: good, revoked, mustaple, other, the
 #                   responders and crl-int (revoked) are in it; unknown is not
 #
@@ -132,6 +141,7 @@ fail() {
 }
 
 san='DNS:localhost, IP:127.0.0.1, IP:::1'
+aia_port=${AIA_PORT:-18888}
 start=$(date -u -d '7 days ago' +%Y%m%d%H%M%SZ)
 end=$(date -u -d '23 days' +%Y%m%d%H%M%SZ)
 
@@ -197,6 +207,34 @@ subjectKeyIdentifier   = hash
 authorityKeyIdentifier = keyid:always
 tlsfeature             = status_request
 
+[ v3_aia ]
+basicConstraints       = critical, CA:FALSE
+keyUsage               = critical, digitalSignature
+extendedKeyUsage       = serverAuth
+subjectAltName         = $san
+subjectKeyIdentifier   = hash
+authorityKeyIdentifier = keyid:always
+authorityInfoAccess    = OCSP;URI:http://127.0.0.1:$aia_port/
+
+[ v3_aia_mustaple ]
+basicConstraints       = critical, CA:FALSE
+keyUsage               = critical, digitalSignature
+extendedKeyUsage       = serverAuth
+subjectAltName         = $san
+subjectKeyIdentifier   = hash
+authorityKeyIdentifier = keyid:always
+authorityInfoAccess    = OCSP;URI:http://127.0.0.1:$aia_port/
+tlsfeature             = status_request
+
+[ v3_aia_https ]
+basicConstraints       = critical, CA:FALSE
+keyUsage               = critical, digitalSignature
+extendedKeyUsage       = serverAuth
+subjectAltName         = $san
+subjectKeyIdentifier   = hash
+authorityKeyIdentifier = keyid:always
+authorityInfoAccess    = OCSP;URI:https://127.0.0.1:$aia_port/
+
 [ v3_ocsp ]
 basicConstraints       = critical, CA:FALSE
 keyUsage               = critical, digitalSignature
@@ -249,6 +287,15 @@ issue responder         "tlsshim test OCSP responder" v3_ocsp    ca      "${ca[@
 issue noeku-responder   "tlsshim no-EKU responder"   v3_noeku    ca      "${ca[@]}"
 issue crl-int           "tlsshim CRL intermediate"   v3_intca    ca      "${ca[@]}"
 issue unknown           localhost                    v3_server   scratch "${ca[@]}"
+issue aia-good          localhost                    v3_aia      ca      "${ca[@]}"
+issue aia-revoked       localhost                    v3_aia      ca      "${ca[@]}"
+issue aia-mustaple      localhost                    v3_aia_mustaple ca  "${ca[@]}"
+issue aia-https         localhost                    v3_aia_https ca     "${ca[@]}"
+issue aia-unknown       localhost                    v3_aia      scratch "${ca[@]}"
+for name in aia-good aia-revoked aia-unknown; do
+  cat "$out/$name.pem" "$certs/ca.pem" >"$out/$name-chain.pem"
+  chmod 644 "$out/$name-chain.pem"
+done
 issue rogue-responder   "tlsshim rogue responder"    v3_ocsp     scratch \
   "$certs/other-ca.pem" "$certs/other-ca.key"
 issue partner-responder "tlsshim partner responder"  v3_ocsp     scratch \
@@ -259,7 +306,7 @@ cat "$out/crl-int-leaf.pem" "$out/crl-int.pem" >"$out/crl-int-leaf-fullchain.pem
 cat "$certs/ca.pem" "$certs/partner-ca.pem" >"$out/ca-and-partner.pem"
 chmod 644 "$out/crl-int-leaf-fullchain.pem" "$out/ca-and-partner.pem"
 
-for name in revoked crl-int; do
+for name in revoked crl-int aia-revoked; do
   openssl ca -batch -config "$work/ca.cnf" -cert "${ca[0]}" -keyfile "${ca[1]}" \
     -revoke "$out/$name.pem" -crl_reason keyCompromise >>"$log" 2>&1 ||
     fail "revoke $name"
@@ -425,6 +472,8 @@ expect revoked-but-good.der "$out/revoked.pem: good" \
 expect mustaple-good.der "$out/mustaple.pem: good" \
   "$(status mustaple.pem mustaple-good.der -CAfile "$certs/ca.pem")"
 expect ca-signed.der "$ok" "$(status good.pem ca-signed.der -CAfile "$certs/ca.pem")"
+openssl x509 -noout -ocsp_uri -in "$out/aia-good.pem" | grep -qx "http://127.0.0.1:$aia_port/" ||
+  fail "aia-good.pem names no OCSP responder"
 openssl x509 -noout -text -in "$out/mustaple.pem" | grep -q 'TLS Feature' ||
   fail "mustaple.pem has no TLS feature extension"
 expect bad-signer.der "Response Verify Failure" \

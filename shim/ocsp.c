@@ -489,8 +489,8 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int 
 		snprintf(why, sizeof(why), "not an http:// URL");
 		goto out;
 	}
-	snprintf(fullpath, sizeof(fullpath), "%s%s%s", path, query != NULL ? "?" : "",
-	         query != NULL ? query : "");
+	snprintf(fullpath, sizeof(fullpath), "%s%s%s", path,
+	         query != NULL && *query != '\0' ? "?" : "", query != NULL ? query : "");
 	snprintf(hostport, sizeof(hostport), strchr(host, ':') != NULL ? "[%s]:%s" : "%s:%s", host,
 	         port);
 	req = OCSP_REQUEST_new();
