@@ -88,6 +88,7 @@ static const struct {
         {"relay_failed", LOG_ERR, true},         {"config_error", LOG_ERR, true},
         {"denied", LOG_WARNING, true},           {"insecure_setting", LOG_WARNING, true},
         {"plaintext_allowed", LOG_NOTICE, true}, {"connected", LOG_INFO, false},
+        {"staple_failed", LOG_WARNING, true},    {"staple_refreshed", LOG_INFO, false},
 };
 
 int log_severity(const char *event)

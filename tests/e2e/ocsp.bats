@@ -587,6 +587,437 @@ ns_fetch() {
   "$WAITFOR" -t 5 grep "$BATS_TEST_TMPDIR/responder-$rport.err" 'Received request'
 }
 
+# --- ocsp_fetch: asking the responder a certificate names (AIA) ----------------------
+#
+# The aia-*.pem certificates name http://127.0.0.1:18888/ (gen-ocsp.sh
+# AIA_PORT): the responder runs there in the test's own namespace, where
+# nothing else listens.
+
+AIA_PORT=18888
+
+# aia_responder [OPENSSL_OCSP_OPTION...]: `openssl ocsp` answering from
+# index.txt on 127.0.0.1:$AIA_PORT in the namespace, signed by responder.pem
+# (options default to -ndays 1; later -rsigner/-rkey options win). With
+# AIA_FAKE set (faketime syntax), its clock is moved by that much.
+aia_responder() {
+  local -a pre=() opts=("$@")
+  [[ ${#opts[@]} -gt 0 ]] || opts=(-ndays 1)
+  [[ -z ${AIA_FAKE:-} ]] || pre=(faketime -f "$AIA_FAKE")
+  start_bg aia-responder nsenter -t "$NS" -n -- "${pre[@]}" openssl ocsp \
+    -port "$AIA_PORT" -index "$OCSP/index.txt" -CA "$CERTS/ca.pem" \
+    -rsigner "$OCSP/responder.pem" -rkey "$OCSP/responder.key" "${opts[@]}"
+  AIA_PID=$BG_PID
+  in_ns "$WAITFOR" -t 10 listen "$AIA_PORT" || {
+    cat "$BATS_TEST_TMPDIR/aia-responder.err" >&2
+    return 1
+  }
+}
+
+# aia_fake_responder PYTHON_BODY: a python server on 127.0.0.1:$AIA_PORT in
+# the namespace; for each connection it runs PYTHON_BODY with `c` the socket.
+aia_fake_responder() {
+  start_bg aia-responder nsenter -t "$NS" -n -- "$PY" -c "
+import socket, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', $AIA_PORT))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    print('Received request', flush=True)
+$1
+"
+  AIA_PID=$BG_PID
+  in_ns "$WAITFOR" -t 10 listen "$AIA_PORT" || {
+    cat "$BATS_TEST_TMPDIR/aia-responder.err" >&2
+    return 1
+  }
+}
+
+# aia_requests: how many requests the responder has received.
+aia_requests() {
+  cat "$BATS_TEST_TMPDIR"/aia-responder.{out,err} 2>/dev/null | grep -c 'Received request' || true
+}
+
+# ns_server CERT [STAPLE]: s_server -www in the namespace on 127.0.0.1:$port
+# presenting $OCSP/CERT.pem, stapling $OCSP/STAPLE.der when given, else nothing.
+ns_server() {
+  local -a st=()
+  [[ -z ${2:-} ]] || st=(-status_file "$OCSP/$2.der")
+  start_bg "server-$port" nsenter -t "$NS" -n -- openssl s_server -quiet -www \
+    -accept "127.0.0.1:$port" -cert "$OCSP/$1.pem" -key "$OCSP/$1.key" "${st[@]}"
+  in_ns "$WAITFOR" -t 10 listen "$port" || {
+    cat "$BATS_TEST_TMPDIR/server-$port.err" >&2
+    return 1
+  }
+}
+
+# fetch_conf [LINE...]: ocsp = require with ocsp_fetch = yes, and LINEs.
+fetch_conf() {
+  ocsp_conf f 'ocsp = require' 'ocsp_fetch = yes' "$@"
+}
+
+# assert_requests N: the responder received exactly N requests.
+assert_requests() {
+  local n
+  n=$(aia_requests)
+  [[ $n -eq $1 ]] || {
+    echo "the responder received $n requests, expected $1" >&2
+    cat "$BATS_TEST_TMPDIR"/aia-responder.{out,err} >&2 2>/dev/null
+    show_run
+    false
+  }
+}
+
+@test "ocsp_fetch x good: nothing stapled, the certificate's responder says good: accepted" {
+  netns_start
+  aia_responder
+  ns_server aia-good
+  ns_fetch "$(fetch_conf)"
+  accepted good
+  assert_requests 1
+}
+
+@test "ocsp_fetch x revoked: refused, revoked (keyCompromise)" {
+  netns_start
+  aia_responder
+  ns_server aia-revoked
+  ns_fetch "$(fetch_conf)"
+  refused_ocsp revoked "revoked (keyCompromise)"
+  assert_requests 1
+}
+
+@test "ocsp_fetch x unknown: refused, OCSP status unknown" {
+  netns_start
+  aia_responder
+  ns_server aia-unknown
+  ns_fetch "$(fetch_conf)"
+  refused_ocsp unknown "OCSP status unknown"
+}
+
+@test "ocsp_fetch: without it, require refuses the same server (no OCSP staple)" {
+  netns_start
+  aia_responder
+  ns_server aia-good
+  ns_fetch "$(ocsp_conf c 'ocsp = require')"
+  refused_ocsp none "no OCSP staple"
+  assert_requests 0
+}
+
+@test "ocsp_fetch: a stapling server is not asked about (the staple decides)" {
+  netns_start
+  aia_responder
+  ns_server good good
+  ns_fetch "$(fetch_conf)"
+  accepted good
+  assert_requests 0
+}
+
+@test "ocsp_fetch under prefer: no request is made, no staple accepted (fetch is for require)" {
+  netns_start
+  aia_responder
+  ns_server aia-good
+  ns_fetch "$(ocsp_conf c 'ocsp = prefer' 'ocsp_fetch = yes')"
+  accepted none
+  assert_requests 0
+}
+
+@test "ocsp_fetch: a must-staple certificate without a staple under prefer is fetched for, accepted" {
+  netns_start
+  aia_responder
+  ns_server aia-mustaple
+  ns_fetch "$(ocsp_conf c 'ocsp = prefer' 'ocsp_fetch = yes')"
+  accepted good
+  assert_requests 1
+}
+
+@test "ocsp_fetch: one request per process, the answer is cached until nextUpdate (python, 3 connections)" {
+  netns_start
+  aia_responder
+  ns_server aia-good
+  run --separate-stderr timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" \
+    nsenter -t "$NS" -n -- env LD_PRELOAD="$TLSSHIM_LIB" TLSSHIM_CONFIG="$(fetch_conf)" \
+    TLSSHIM_LOG_STDERR=1 "$PY" "$PYCLIENT" connect -n 3 --send "GET / HTTP/1.0" \
+    127.0.0.1 "$port"
+  assert_status 0
+  [[ $(count_lines "event=connected") -eq 3 && $(count_lines "ocsp=good") -eq 3 ]] || {
+    echo "expected 3 connected lines with ocsp=good" >&2
+    show_run
+    false
+  }
+  assert_requests 1
+  # A new process asks again.
+  ns_fetch "$(fetch_conf)"
+  accepted good
+  assert_requests 2
+}
+
+@test "ocsp_fetch: responder down: refused, ocsp=none, the reason names the responder" {
+  netns_start
+  ns_server aia-good
+  ns_fetch "$(fetch_conf)"
+  refused stage=ocsp ocsp=none \
+    "reason~no OCSP staple; OCSP responder http://127.0.0.1:$AIA_PORT/: cannot connect"
+}
+
+@test "ocsp_fetch: a responder that never answers is given up after ocsp_fetch_timeout" {
+  netns_start
+  aia_fake_responder '    c.recv(65536)
+    threading.Thread(target=lambda k=c: k.recv(1), daemon=True).start()'
+  ns_server aia-good
+  ns_fetch "$(fetch_conf 'ocsp_fetch_timeout = 1')"
+  refused stage=ocsp ocsp=none "reason~: timed out"
+  local line elapsed
+  line=$(grep 'event=handshake_failed' <<<"$stderr" | head -1)
+  elapsed=$(log_field "$line" elapsed_ms)
+  [[ $elapsed -ge 900 && $elapsed -lt 2000 ]] || {
+    echo "elapsed_ms=$elapsed, expected about 1000 (ocsp_fetch_timeout = 1)" >&2
+    false
+  }
+}
+
+@test "ocsp_fetch: a responder that answers garbage, or HTTP 500, or resets: refused, never accepted" {
+  netns_start
+  ns_server aia-good
+  local body
+  for body in \
+    "    c.recv(65536); c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 5\\r\\n\\r\\nhello'); c.close()" \
+    "    c.recv(65536); c.sendall(b'HTTP/1.0 500 Oops\\r\\nContent-Length: 0\\r\\n\\r\\n'); c.close()" \
+    "    c.recv(65536); c.sendall(b'\\x16\\x03\\x01garbage-not-http\\r\\n\\r\\n'); c.close()" \
+    "    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00'); c.recv(65536); c.sendall(b'HTTP/1.0 200 OK\\r\\nCon'); c.close()"; do
+    aia_fake_responder "$body"
+    ns_fetch "$(fetch_conf)"
+    refused stage=ocsp ocsp=none "reason~OCSP responder http://127.0.0.1:$AIA_PORT/: "
+    assert_requests 1
+    stop_pid "$AIA_PID"
+    rm -f "$BATS_TEST_TMPDIR"/aia-responder.{out,err}
+  done
+}
+
+@test "ocsp_fetch: a fetched answer is checked like a staple (unauthorised signer, stale)" {
+  netns_start
+  ns_server aia-good
+  aia_responder -ndays 1 -rsigner "$OCSP/rogue-responder.pem" -rkey "$OCSP/rogue-responder.key"
+  ns_fetch "$(fetch_conf)"
+  refused stage=ocsp ocsp=bad:signer "reason~bad OCSP response (fetched): "
+  stop_pid "$AIA_PID"
+  AIA_FAKE=-3d aia_responder -ndays 1
+  ns_fetch "$(fetch_conf)"
+  refused stage=ocsp ocsp=bad:stale "reason=bad OCSP response (fetched): nextUpdate has passed"
+}
+
+@test "ocsp_fetch: a certificate that names no responder, or only an https one, is refused with why" {
+  netns_start
+  aia_responder
+  ns_server good
+  ns_fetch "$(fetch_conf)"
+  refused_ocsp none "no OCSP staple; certificate names no OCSP responder"
+  port=$(free_port)
+  ns_server aia-https
+  ns_fetch "$(fetch_conf)"
+  refused stage=ocsp ocsp=none "reason~certificate names no http:// OCSP responder (only https://"
+  assert_requests 0
+}
+
+@test "ocsp_fetch in one rule only: the other destinations still need a staple" {
+  netns_start
+  aia_responder
+  ns_server aia-good
+  local conf
+  conf=$(ocsp_conf r 'ocsp = require' 'rules = rules' '[rules]' '1 = fetching' \
+    '[fetching]' "match = 127.0.0.1:$port" 'action = tls' 'ocsp_fetch = yes')
+  ns_fetch "$conf"
+  accepted good
+  conf=$(ocsp_conf r2 'ocsp = require' 'rules = rules' '[rules]' '1 = other' \
+    '[other]' "match = 127.0.0.1:1-2" 'action = tls' 'ocsp_fetch = yes')
+  ns_fetch "$conf"
+  refused_ocsp none "no OCSP staple"
+}
+
+@test "tlsshim probe with ocsp_fetch: ocsp: good from the responder" {
+  netns_start
+  aia_responder
+  ns_server aia-good
+  run --separate-stderr timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" nsenter -t "$NS" -n -- \
+    "$TLSSHIM_BIN" probe "127.0.0.1:$port" --config "$(fetch_conf)"
+  assert_status 0
+  grep -qx 'ocsp: good' <<<"$output" || {
+    show_run
+    false
+  }
+  assert_requests 1
+}
+
+@test "tlsshim check: ocsp_fetch settings are checked and shown" {
+  local line conf
+  for line in 'ocsp_fetch = maybe' 'ocsp_fetch_timeout = 0' 'ocsp_fetch_timeout = soon'; do
+    conf=$(ocsp_conf bad "$line")
+    run --separate-stderr tlsshim_cli check "$conf"
+    assert_status 1
+    assert_stderr_has "${line%% =*} = "
+  done
+  conf=$(ocsp_conf d 'rules = rules' '[rules]' '1 = d' '[d]' 'match = 10.0.0.0/8' \
+    'action = deny' 'ocsp_fetch = yes')
+  run --separate-stderr tlsshim_cli check "$conf"
+  assert_status 1
+  assert_stderr_has "takes no TLS settings"
+  run --separate-stderr tlsshim_cli check "$(fetch_conf 'ocsp_fetch_timeout = 1.5')"
+  assert_status 0
+  assert_output_has "ocsp_fetch=yes ocsp_fetch_timeout=1.5s"
+}
+
+# --- inbound: staples fetched from the responder ------------------------------------
+
+# ns_inbound NAME SECTION_LINE...: python http.server under the shim in the
+# namespace on 127.0.0.1:$port, its listener served by an inbound section
+# with the given lines; log lines in $BATS_TEST_TMPDIR/NAME.err.
+ns_inbound() {
+  local name=$1 conf www=$BATS_TEST_TMPDIR/www-$1
+  shift
+  mkdir -p "$www"
+  echo "inbound-page $name" >"$www/index.html"
+  conf=$(ocsp_conf "in-$name" 'inbound = inbound' '[inbound]' '1 = srv' '[srv]' \
+    "listen = 127.0.0.1:$port" "$@")
+  start_bg "$name" nsenter -t "$NS" -n -- env LD_PRELOAD="$TLSSHIM_LIB" \
+    TLSSHIM_CONFIG="$conf" TLSSHIM_LOG_STDERR=1 "$PY" -u -m http.server \
+    --bind 127.0.0.1 --directory "$www" "$port"
+  SRV_PID=$BG_PID
+  in_ns "$WAITFOR" -t 10 listen "$port" || {
+    cat "$BATS_TEST_TMPDIR/$name.err" >&2
+    return 1
+  }
+}
+
+# wait_event FILE EVENT [COUNT]: wait (20 s) until FILE has COUNT (default 1)
+# tlsshim lines with event=EVENT.
+wait_event() {
+  local n=${3:-1}
+  if ! "$WAITFOR" -t 20 cmd -- sh -c \
+    "[ \$(grep -c 'tlsshim\\[[0-9]*\\]: event=$2 ' '$1') -ge $n ]"; then
+    echo "$1 never had $n lines with event=$2:" >&2
+    cat "$1" >&2
+    return 1
+  fi
+}
+
+# ns_status: what s_client (in the namespace, no shim) says about the staple.
+ns_status() {
+  in_ns openssl s_client -connect "127.0.0.1:$port" -servername localhost \
+    -CAfile "$CERTS/ca.pem" -status </dev/null 2>/dev/null |
+    grep -E 'Cert Status:|OCSP response: no response sent|Verify return code' || true
+}
+
+@test "inbound ocsp_fetch: the responder's answer is stapled, and fetched again before nextUpdate" {
+  netns_start
+  # Answers valid for 1 minute, made 50 s ago: nextUpdate is 10 s away, so
+  # the next fetch is due within REFRESH_MIN_S (10 s).
+  AIA_FAKE=-50s aia_responder -nmin 1
+  ns_inbound srv "cert = $OCSP/aia-good-chain.pem" "key = $OCSP/aia-good.key" 'ocsp_fetch = yes'
+  wait_event "$BATS_TEST_TMPDIR/srv.err" staple_refreshed
+  run ns_status
+  assert_output_has "Cert Status: good"
+  assert_output_has "Verify return code: 0 (ok)"
+  # A tlsshim client that requires a staple is served.
+  run --separate-stderr timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" nsenter -t "$NS" -n -- \
+    env LD_PRELOAD="$TLSSHIM_LIB" TLSSHIM_CONFIG="$(ocsp_conf c 'ocsp = require')" \
+    TLSSHIM_LOG_STDERR=1 curl -sS "http://127.0.0.1:$port/"
+  assert_status 0
+  assert_output_has "inbound-page srv"
+  assert_log_fields event=connected ocsp=good
+  # Refreshed in the background before the first answer went stale: each
+  # refresh is its own line (never folded), and the second comes at least
+  # 10 s (REFRESH_MIN_S) after the first, before its nextUpdate.
+  wait_event "$BATS_TEST_TMPDIR/srv.err" staple_refreshed 2
+  [[ $(aia_requests) -ge 2 ]]
+  ! grep -q 'event=staple_refreshed.*repeated=' "$BATS_TEST_TMPDIR/srv.err"
+  run ns_status
+  assert_output_has "Cert Status: good"
+}
+
+@test "inbound ocsp_fetch: responder down at start: handshakes go on without a staple, then it is fetched" {
+  netns_start
+  ns_inbound srv "cert = $OCSP/aia-good-chain.pem" "key = $OCSP/aia-good.key" 'ocsp_fetch = yes'
+  wait_event "$BATS_TEST_TMPDIR/srv.err" staple_failed
+  local stderr
+  stderr=$(cat "$BATS_TEST_TMPDIR/srv.err")
+  assert_log_fields event=staple_failed dir=in rule=srv stage=ocsp ocsp=none \
+    "reason~OCSP responder http://127.0.0.1:$AIA_PORT/: cannot connect"
+  run ns_status
+  assert_output_has "OCSP response: no response sent"
+  assert_output_has "Verify return code: 0 (ok)"
+  aia_responder
+  # Retried after 5 s.
+  wait_event "$BATS_TEST_TMPDIR/srv.err" staple_refreshed
+  run ns_status
+  assert_output_has "Cert Status: good"
+}
+
+@test "inbound ocsp_fetch: a revoked answer is stapled (clients must refuse) and logged as an error" {
+  netns_start
+  aia_responder
+  ns_inbound srv "cert = $OCSP/aia-revoked-chain.pem" "key = $OCSP/aia-revoked.key" \
+    'ocsp_fetch = yes'
+  wait_event "$BATS_TEST_TMPDIR/srv.err" staple_failed
+  local stderr
+  stderr=$(cat "$BATS_TEST_TMPDIR/srv.err")
+  assert_log_fields event=staple_failed ocsp=revoked \
+    "reason=this server's certificate is revoked (keyCompromise)"
+  run ns_status
+  assert_output_has "Cert Status: revoked"
+  run --separate-stderr timeout -k 2 "$TLSSHIM_E2E_TIMEOUT" nsenter -t "$NS" -n -- \
+    env LD_PRELOAD="$TLSSHIM_LIB" TLSSHIM_CONFIG="$(ocsp_conf c)" \
+    TLSSHIM_LOG_STDERR=1 curl -sS "http://127.0.0.1:$port/"
+  assert_status 7
+  assert_log_fields event=handshake_failed ocsp=revoked
+}
+
+@test "inbound ocsp_fetch: a stale or unauthorised answer is not stapled" {
+  netns_start
+  AIA_FAKE=-3d aia_responder -ndays 1
+  ns_inbound srv "cert = $OCSP/aia-good-chain.pem" "key = $OCSP/aia-good.key" 'ocsp_fetch = yes'
+  wait_event "$BATS_TEST_TMPDIR/srv.err" staple_failed
+  local stderr
+  stderr=$(cat "$BATS_TEST_TMPDIR/srv.err")
+  assert_log_fields event=staple_failed ocsp=bad:stale "reason~nextUpdate has passed"
+  run ns_status
+  assert_output_has "OCSP response: no response sent"
+  stop_pid "$AIA_PID"
+  stop_pid "$SRV_PID"
+  AIA_FAKE= aia_responder -ndays 1 -rsigner "$OCSP/rogue-responder.pem" \
+    -rkey "$OCSP/rogue-responder.key"
+  ns_inbound srv2 "cert = $OCSP/aia-good-chain.pem" "key = $OCSP/aia-good.key" 'ocsp_fetch = yes'
+  wait_event "$BATS_TEST_TMPDIR/srv2.err" staple_failed
+  stderr=$(cat "$BATS_TEST_TMPDIR/srv2.err")
+  assert_log_fields event=staple_failed ocsp=bad:signer
+  run ns_status
+  assert_output_has "OCSP response: no response sent"
+}
+
+@test "inbound ocsp_fetch: configuration errors (no responder named, no issuer in the chain, two sources)" {
+  local conf
+  conf=$(ocsp_conf i1 'inbound = inbound' '[inbound]' '1 = srv' '[srv]' 'listen = 127.0.0.1:1' \
+    "cert = $OCSP/good.pem" "key = $OCSP/good.key" 'ocsp_fetch = yes')
+  run --separate-stderr tlsshim_cli check "$conf"
+  assert_status 1
+  assert_stderr_has "[srv] ocsp_fetch: certificate names no OCSP responder"
+  conf=$(ocsp_conf i2 'inbound = inbound' '[inbound]' '1 = srv' '[srv]' 'listen = 127.0.0.1:1' \
+    "cert = $OCSP/aia-good.pem" "key = $OCSP/aia-good.key" 'ocsp_fetch = yes')
+  run --separate-stderr tlsshim_cli check "$conf"
+  assert_status 1
+  assert_stderr_has "the issuing CA's certificate must follow the server certificate"
+  conf=$(ocsp_conf i3 'inbound = inbound' '[inbound]' '1 = srv' '[srv]' 'listen = 127.0.0.1:1' \
+    "cert = $OCSP/aia-good-chain.pem" "key = $OCSP/aia-good.key" 'ocsp_fetch = yes' \
+    "ocsp_response_file = $OCSP/good.der")
+  run --separate-stderr tlsshim_cli check "$conf"
+  assert_status 1
+  assert_stderr_has "choose one"
+  conf=$(ocsp_conf i4 'inbound = inbound' '[inbound]' '1 = srv' '[srv]' 'listen = 127.0.0.1:1' \
+    "cert = $OCSP/aia-good-chain.pem" "key = $OCSP/aia-good.key" 'ocsp_fetch = yes')
+  run --separate-stderr tlsshim_cli check "$conf"
+  assert_status 0
+  assert_output_has "ocsp_fetch=yes"
+}
+
 # --- nginx ssl_stapling -----------------------------------------------------------
 
 @test "nginx ssl_stapling_file x good: accepted, ocsp=good" {

@@ -119,6 +119,7 @@ TEST(Log, SeverityPerEvent)
 	        {"relay_failed", LOG_ERR},         {"config_error", LOG_ERR},
 	        {"denied", LOG_WARNING},           {"insecure_setting", LOG_WARNING},
 	        {"plaintext_allowed", LOG_NOTICE}, {"connected", LOG_INFO},
+	        {"staple_failed", LOG_WARNING},    {"staple_refreshed", LOG_INFO},
 	        {"something_new", LOG_NOTICE},
 	};
 	for (const auto &t : table) {
