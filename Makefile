@@ -91,9 +91,16 @@ certs: $(CERTS)/.done
 $(CERTS)/.done: scripts/gen-certs.sh
 	bash scripts/gen-certs.sh $(CERTS)
 
-test-unit: $(UNIT_BINS) certs
+# The OCSP test bed (responses, responders, CRLs) that tests/unit/ocsp_test.cc
+# reads; gen-ocsp.sh does nothing when it is fresh, and locks.
+OCSP_BED := $(BUILD)/test-ocsp
+ocsp-bed: certs
+	bash scripts/gen-ocsp.sh $(OCSP_BED) $(CERTS)
+
+test-unit: $(UNIT_BINS) certs ocsp-bed
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; \
-		TLSSHIM_CERTS=$(abspath $(CERTS)) $$t --gtest_brief=1; done
+		TLSSHIM_CERTS=$(abspath $(CERTS)) TLSSHIM_OCSP=$(abspath $(OCSP_BED)) \
+		$$t --gtest_brief=1; done
 
 test-inproc: $(BUILD)/tests/semantics_test certs
 	TLSSHIM_CA_FILE=$(abspath $(CERTS))/ca.pem TLSSHIM_CERTS=$(abspath $(CERTS)) \
@@ -144,7 +151,7 @@ demo:
 clean:
 	rm -rf build build-address build-undefined build-thread build-fuzz
 
-.PHONY: all certs test test-unit test-inproc test-e2e fuzz lint format demo clean
+.PHONY: all certs ocsp-bed test test-unit test-inproc test-e2e fuzz lint format demo clean
 .DELETE_ON_ERROR:
 
 # Benchmark against stunnel, socat and in-process OpenSSL (docs/performance.md).

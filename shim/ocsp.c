@@ -18,6 +18,8 @@
 #include <openssl/tls1.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -159,8 +161,8 @@ int ocsp_check(const unsigned char *der, long len, X509 *leaf, X509 *issuer,
 		bad(v, "bad:future", "thisUpdate is in the future");
 		goto out;
 	}
-	edge = now - skew_s;
-	if (next_upd != NULL && X509_cmp_time(next_upd, &edge) < 0) {
+	/* RFC 6960 section 4.2.2.1: stale once nextUpdate is earlier than now. */
+	if (next_upd != NULL && to_time(next_upd) < now - skew_s) {
 		bad(v, "bad:stale", "nextUpdate has passed");
 		goto out;
 	}
@@ -204,7 +206,8 @@ int ocsp_responder_url(X509 *cert, char *url, size_t urllen, char *err, size_t e
 			snprintf(err, errlen, "OCSP responder URL too long");
 			goto out;
 		}
-		snprintf(url, urllen, "%s", u);
+		snprintf(url, urllen, "http://%s",
+		         u + 7); /* OpenSSL's URL parser wants it lower case */
 		rc = 0;
 		goto out;
 	}
@@ -275,60 +278,128 @@ static int wait_fd(int fd, short events, int cancel_fd, long deadline_ms)
 }
 
 /*
+ * A name lookup on a thread of its own, so that the caller can stop waiting
+ * at its deadline: whichever of the two lets go last frees it.
+ */
+struct lookup {
+	pthread_mutex_t lock;
+	pthread_cond_t done_cond;
+	int refs; /* 2 while both the caller and the thread hold it */
+	bool done;
+	int rc;
+	struct addrinfo *result;
+	char host[256];
+	char port[16];
+};
+
+static void lookup_put(struct lookup *l)
+{
+	bool last;
+
+	pthread_mutex_lock(&l->lock);
+	last = --l->refs == 0;
+	pthread_mutex_unlock(&l->lock);
+	if (!last)
+		return;
+	if (l->result != NULL)
+		freeaddrinfo(l->result); /* the caller gave up on it */
+	pthread_cond_destroy(&l->done_cond);
+	pthread_mutex_destroy(&l->lock);
+	free(l);
+}
+
+static void *lookup_main(void *arg)
+{
+	struct lookup *l = arg;
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
+	struct addrinfo *res = NULL;
+	int rc = getaddrinfo(l->host, l->port, &hints, &res);
+
+	pthread_mutex_lock(&l->lock);
+	l->rc = rc;
+	l->result = rc == 0 ? res : NULL;
+	l->done = true;
+	pthread_cond_signal(&l->done_cond);
+	pthread_mutex_unlock(&l->lock);
+	lookup_put(l);
+	return NULL;
+}
+
+/*
  * Resolves `host`:`port` within the deadline: literal addresses at once,
- * names with getaddrinfo_a() (glibc), abandoned when the deadline passes.
+ * names with getaddrinfo() on a detached thread that the caller stops
+ * waiting for when the deadline passes (the system resolver has no bound
+ * of its own that we could set).
  */
 static int resolve(const char *host, const char *port, long deadline_ms, struct addrinfo **out,
                    char *err, size_t errlen)
 {
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
-	struct gaicb *req;
-	struct gaicb *list[1];
-	long left;
-	int r;
+	struct lookup *l;
+	pthread_attr_t attr;
+	pthread_t t;
+	sigset_t all, old;
+	int rc;
 
 	if (getaddrinfo(host, port, &hints, out) == 0)
 		return 0;
-	req = calloc(1, sizeof(*req) + sizeof(hints));
-	if (req == NULL) {
+	if (strlen(host) >= sizeof(l->host) || strlen(port) >= sizeof(l->port)) {
+		snprintf(err, errlen, "host name too long");
+		return -1;
+	}
+	l = calloc(1, sizeof(*l));
+	if (l == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	hints.ai_flags = AI_ADDRCONFIG;
-	memcpy(req + 1, &hints, sizeof(hints));
-	req->ar_name = host;
-	req->ar_service = port;
-	req->ar_request = (const struct addrinfo *)(req + 1);
-	list[0] = req;
-	if (getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0) {
-		free(req);
-		snprintf(err, errlen, "cannot resolve %s", host);
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->done_cond, NULL);
+	l->refs = 2;
+	snprintf(l->host, sizeof(l->host), "%s", host);
+	snprintf(l->port, sizeof(l->port), "%s", port);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old); /* the program's signals are not for it */
+	rc = pthread_create(&t, &attr, lookup_main, l);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		l->refs = 1;
+		lookup_put(l);
+		snprintf(err, errlen, "cannot resolve %s: %s", host, strerror(rc));
 		return -1;
 	}
-	while ((r = gai_error(req)) == EAI_INPROGRESS && (left = deadline_ms - now_ms()) > 0) {
-		struct timespec ts = {left / 1000, (left % 1000) * 1000000};
+	pthread_mutex_lock(&l->lock);
+	while (!l->done) {
+		long left = deadline_ms - now_ms();
+		struct timespec until;
 
-		gai_suspend((const struct gaicb *const *)list, 1, &ts);
+		if (left <= 0)
+			break;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += left / 1000;
+		until.tv_nsec += (left % 1000) * 1000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&l->done_cond, &l->lock, &until);
 	}
-	if (r == EAI_INPROGRESS) {
-		/*
-		 * Still running: a cancelled lookup's memory may be freed; one
-		 * that cannot be cancelled is left to finish (a small, bounded
-		 * leak, only when the resolver itself outlives the deadline).
-		 */
-		if (gai_cancel(req) == EAI_CANCELED)
-			free(req);
+	if (l->done && l->rc == 0) {
+		*out = l->result;
+		l->result = NULL;
+		rc = 0;
+	} else if (l->done) {
+		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(l->rc));
+		rc = -1;
+	} else {
 		snprintf(err, errlen, "resolving %s timed out", host);
-		return -1;
+		rc = -1;
 	}
-	if (r != 0) {
-		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(r));
-		free(req);
-		return -1;
-	}
-	*out = req->ar_result;
-	free(req);
-	return 0;
+	pthread_mutex_unlock(&l->lock);
+	lookup_put(l);
+	return rc;
 }
 
 /* Connects a non-blocking socket to one of `ai` within the deadline. */
@@ -405,6 +476,7 @@ static OCSP_RESPONSE *exchange(int fd, const char *hostport, const char *path, O
 	OSSL_HTTP_REQ_CTX *rctx = NULL;
 	OCSP_RESPONSE *resp = NULL;
 	const char *why = "cannot set up the request";
+	char detail[160];
 
 	if (wbio == NULL || rbio == NULL)
 		goto out;
@@ -430,11 +502,17 @@ static OCSP_RESPONSE *exchange(int fd, const char *hostport, const char *path, O
 		if (r == 1)
 			break;
 		if (r == 0) {
-			unsigned long e = ERR_peek_last_error();
+			const char *data = NULL;
+			int flags = 0;
+			unsigned long e = ERR_peek_last_error_data(&data, &flags);
+			const char *text = e != 0 ? ERR_reason_error_string(e) : NULL;
 
-			why = e != 0 && ERR_reason_error_string(e) != NULL
-			              ? ERR_reason_error_string(e)
-			              : "bad HTTP response";
+			/* OpenSSL's HTTP client puts the status line in the error data. */
+			snprintf(detail, sizeof(detail), "%s%s%s",
+			         text != NULL ? text : "bad HTTP response",
+			         data != NULL && (flags & ERR_TXT_STRING) && *data ? ": " : "",
+			         data != NULL && (flags & ERR_TXT_STRING) ? data : "");
+			why = detail;
 			goto out;
 		}
 		r = wait_fd(fd, POLLIN, cancel_fd, deadline_ms);
@@ -461,11 +539,9 @@ out:
 		OCSP_RESPONSE_free(resp);
 		resp = NULL;
 	}
-	OSSL_HTTP_REQ_CTX_free(rctx); /* frees both BIOs */
-	if (rctx == NULL) {
-		BIO_free(wbio);
-		BIO_free(rbio);
-	}
+	OSSL_HTTP_REQ_CTX_free(rctx); /* frees neither BIO given to OSSL_HTTP_REQ_CTX_new() */
+	BIO_free(wbio);
+	BIO_free(rbio);
 	ERR_clear_error();
 	return resp;
 }
@@ -475,6 +551,7 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int 
 {
 	char *host = NULL, *port = NULL, *path = NULL, *query = NULL, hostport[300];
 	char fullpath[OCSP_URL_MAX + 2];
+	char lower[OCSP_URL_MAX + 1];
 	struct addrinfo *ai = NULL;
 	OCSP_REQUEST *req = NULL;
 	OCSP_CERTID *id;
@@ -484,8 +561,14 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int 
 
 	*der = NULL;
 	*len = 0;
-	if (OSSL_HTTP_parse_url(url, &ssl, NULL, &host, &port, NULL, &path, &query, NULL) != 1 ||
-	    ssl) {
+	/* The scheme is case-insensitive (RFC 3986 section 3.1); OpenSSL's parser is not. */
+	if (strncasecmp(url, "http://", 7) != 0 || strlen(url) > OCSP_URL_MAX) {
+		snprintf(why, sizeof(why), "not an http:// URL");
+		goto out;
+	}
+	snprintf(lower, sizeof(lower), "http://%s", url + 7);
+	if (OSSL_HTTP_parse_url(lower, &ssl, NULL, &host, &port, NULL, &path, &query, NULL) != 1 ||
+	    ssl || host == NULL || *host == '\0') {
 		snprintf(why, sizeof(why), "not an http:// URL");
 		goto out;
 	}

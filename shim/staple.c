@@ -449,6 +449,7 @@ void staple_atfork_child(void)
 	pthread_mutex_init(&refresh_lock, NULL);
 	pthread_cond_init(&refresh_cond, NULL);
 	refresher_running = false; /* the thread stayed in the parent */
+	cancel_fd = -1; /* closed by fdreg_atfork_child(), with every hidden descriptor */
 	for (s = sources; s != NULL; s = s->next)
 		pthread_mutex_init(&s->lock, NULL);
 }

@@ -993,6 +993,69 @@ ns_status() {
   assert_output_has "OCSP response: no response sent"
 }
 
+@test "inbound ocsp_fetch with nginx (master + 2 workers forked after listen): the workers staple and refresh" {
+  command -v nginx >/dev/null || skip "nginx is not installed"
+  netns_start
+  # Answers valid 10 s more when fetched: a worker still stapling after
+  # that must have fetched for itself.
+  AIA_FAKE=-50s aia_responder -nmin 1
+  local dir=$BATS_TEST_TMPDIR/nginx conf master logs i
+  mkdir -p "$dir"
+  conf=$(ocsp_conf in-nginx 'inbound = inbound' '[inbound]' '1 = srv' '[srv]' \
+    "listen = 127.0.0.1:$port" "cert = $OCSP/aia-good-chain.pem" "key = $OCSP/aia-good.key" \
+    'ocsp_fetch = yes')
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 2;
+user root;
+env LD_PRELOAD; env TLSSHIM_CONFIG; env TLSSHIM_LOG_STDERR;
+pid $dir/nginx.pid;
+error_log $dir/error.log notice;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  default_type text/plain;
+  server {
+    listen 127.0.0.1:$port;
+    location / { return 200 "inbound-nginx ok pid=\$pid\n"; }
+  }
+}
+EOF
+  start_bg nginx nsenter -t "$NS" -n -- env LD_PRELOAD="$TLSSHIM_LIB" TLSSHIM_CONFIG="$conf" \
+    TLSSHIM_LOG_STDERR=1 nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+  in_ns "$WAITFOR" -t 10 listen "$port" || {
+    cat "$dir/error.log" >&2
+    return 1
+  }
+  "$WAITFOR" -t 10 grep "$dir/nginx.pid" '^[0-9]+\n'
+  master=$(cat "$dir/nginx.pid")
+  logs="$dir/error.log $BATS_TEST_TMPDIR/nginx.err"
+  for i in 1 2 3 4 5 6; do
+    run ns_status
+    assert_output_has "Verify return code: 0 (ok)"
+  done
+  # The workers' lines go to error.log (nginx's stderr): wait until some
+  # worker (not the master) has refreshed twice by itself, the second time
+  # after the first answer's nextUpdate had come close.
+  "$WAITFOR" -t 25 cmd -- sh -c "cat $logs | grep -o 'tlsshim\\[[0-9]*\\]: event=staple_refreshed' |
+    grep -v 'tlsshim\\[$master\\]' | sort | uniq -c | awk '\$1 >= 2' | grep -q ." || {
+    echo "no worker of master $master refreshed its staple twice:" >&2
+    cat $logs >&2
+    false
+  }
+  # Every connection, to either worker, still gets a current staple.
+  for i in 1 2 3 4 5 6; do
+    run ns_status
+    assert_output_has "Cert Status: good"
+  done
+}
+
 @test "inbound ocsp_fetch: configuration errors (no responder named, no issuer in the chain, two sources)" {
   local conf
   conf=$(ocsp_conf i1 'inbound = inbound' '[inbound]' '1 = srv' '[srv]' 'listen = 127.0.0.1:1' \
