@@ -27,12 +27,25 @@ if [ -n "$keys" ]; then
 	fail=1
 fi
 
+interposed='connect|listen|accept|accept4|getpeername|getsockname|getsockopt|setsockopt|sendto|sendmsg|sendmmsg|close|close_range|closefrom|getaddrinfo|gethostbyname|gethostbyname2|gethostbyname_r|gethostbyname2_r'
+
 # Only the interposed libc functions may be exported.
 if [ -f build/libtlsshim.so ]; then
 	extra=$(nm -D --defined-only build/libtlsshim.so | awk '{print $3}' |
-		grep -vxE 'connect|listen|accept|accept4|getpeername|getsockname|getsockopt|setsockopt|sendto|sendmsg|sendmmsg|close|close_range|closefrom|getaddrinfo|gethostbyname|gethostbyname2|gethostbyname_r|gethostbyname2_r' || true)
+		grep -vxE "$interposed" || true)
 	if [ -n "$extra" ]; then
 		echo "lint: unexpected exported symbols: $extra" >&2
+		fail=1
+	fi
+fi
+# The library never calls its own interposed symbols (STYLE rule 3): none of
+# them may appear among its relocations, which would bind them to its own
+# exports under LD_PRELOAD (calls go through real.* instead).
+if [ -f build/libtlsshim.so ]; then
+	self=$(readelf -rW build/libtlsshim.so | awk '{print $5}' | sed 's/@.*//' |
+		grep -xE "$interposed" | sort -u || true)
+	if [ -n "$self" ]; then
+		echo "lint: libtlsshim.so calls its own interposed symbols: $self (use real.*)" >&2
 		fail=1
 	fi
 fi

@@ -22,6 +22,7 @@
 #include "compat.h"
 
 #include "conf.h"
+#include "ocsp.h"
 #include "names.h"
 #include "policy.h"
 #include "tlsio.h"
@@ -714,8 +715,22 @@ usage:
 	return EXIT_USAGE;
 }
 
+static int fd_itself(int fd)
+{
+	return fd;
+}
+
+static void fd_close(int fd)
+{
+	close(fd);
+}
+
 int main(int argc, char **argv)
 {
+	/* The command is not interposed: its OCSP requests use libc directly. */
+	struct ocsp_net net = {connect, getsockopt, getaddrinfo, fd_itself, fd_close};
+
+	ocsp_set_net(&net);
 	if (argc >= 2 && strcmp(argv[1], "check") == 0)
 		return cmd_check(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "probe") == 0)

@@ -23,6 +23,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -69,6 +71,8 @@ static OCSP_SINGLERESP *find_single(OCSP_BASICRESP *basic, X509 *leaf, X509 *iss
 		if (OCSP_id_get0_info(NULL, &md_oid, NULL, NULL, (OCSP_CERTID *)id) != 1)
 			continue;
 		md = EVP_get_digestbyobj(md_oid);
+		if (md != NULL && EVP_MD_get_type(md) == NID_md5)
+			continue; /* a CertID under MD5 identifies nothing for certain */
 		mine = md != NULL ? OCSP_cert_to_id(md, leaf, issuer) : NULL;
 		same = mine != NULL && OCSP_id_cmp(mine, id) == 0;
 		OCSP_CERTID_free(mine);
@@ -189,10 +193,20 @@ out:
 
 /* --- the responder's address ------------------------------------------------ */
 
+/* A URL we are willing to put into a request line: printable, no spaces. */
+static bool url_is_clean(const char *u)
+{
+	for (; *u != '\0'; u++)
+		if ((unsigned char)*u <= ' ' || (unsigned char)*u >= 0x7f)
+			return false;
+	return true;
+}
+
 int ocsp_responder_url(X509 *cert, char *url, size_t urllen, char *err, size_t errlen)
 {
 	STACK_OF(OPENSSL_STRING) *urls = X509_get1_ocsp(cert);
 	const char *other = NULL;
+	bool bad_http = false;
 	int i, rc = -1;
 
 	for (i = 0; i < sk_OPENSSL_STRING_num(urls); i++) {
@@ -202,18 +216,25 @@ int ocsp_responder_url(X509 *cert, char *url, size_t urllen, char *err, size_t e
 			other = u;
 			continue;
 		}
-		if (strlen(u) >= urllen || strlen(u) > OCSP_URL_MAX) {
-			snprintf(err, errlen, "OCSP responder URL too long");
-			goto out;
+		if (strlen(u) >= urllen || strlen(u) > OCSP_URL_MAX || !url_is_clean(u)) {
+			bad_http =
+			        true; /* too long, or spaces or control characters: try the next */
+			continue;
 		}
 		snprintf(url, urllen, "http://%s",
 		         u + 7); /* OpenSSL's URL parser wants it lower case */
 		rc = 0;
 		goto out;
 	}
-	if (other != NULL)
+	if (bad_http)
+		snprintf(err, errlen, "%s",
+		         "certificate names no usable OCSP responder (an http:// URL that is too "
+		         "long or holds spaces or control characters)");
+	else if (other != NULL && url_is_clean(other))
 		snprintf(err, errlen, "certificate names no http:// OCSP responder (only %.100s)",
 		         other);
+	else if (other != NULL)
+		snprintf(err, errlen, "%s", "certificate names no usable OCSP responder");
 	else
 		snprintf(err, errlen, "certificate names no OCSP responder");
 out:
@@ -223,23 +244,11 @@ out:
 
 /* --- fetching ------------------------------------------------------------------ */
 
-static int default_adopt(int fd)
-{
-	return fd;
-}
-
-static void default_release(int fd)
-{
-	close(fd);
-}
-
-static struct ocsp_net net = {connect, default_adopt, default_release};
+static struct ocsp_net net; /* all NULL until ocsp_set_net() */
 
 void ocsp_set_net(const struct ocsp_net *n)
 {
-	net.connect = n->connect != NULL ? n->connect : connect;
-	net.adopt = n->adopt != NULL ? n->adopt : default_adopt;
-	net.release = n->release != NULL ? n->release : default_release;
+	net = *n;
 }
 
 static long now_ms(void)
@@ -279,18 +288,23 @@ static int wait_fd(int fd, short events, int cancel_fd, long deadline_ms)
 
 /*
  * A name lookup on a thread of its own, so that the caller can stop waiting
- * at its deadline: whichever of the two lets go last frees it.
+ * at its deadline or when cancelled: whichever of the two lets go last frees
+ * it.  The thread says it is done through an eventfd the caller polls.
  */
 struct lookup {
 	pthread_mutex_t lock;
-	pthread_cond_t done_cond;
 	int refs; /* 2 while both the caller and the thread hold it */
 	bool done;
 	int rc;
+	int done_fd;
 	struct addrinfo *result;
 	char host[256];
 	char port[16];
 };
+
+#define LOOKUPS_MAX 8 /* lookups in flight per process; more fail at once */
+static pthread_mutex_t lookups_lock = PTHREAD_MUTEX_INITIALIZER;
+static int lookups;
 
 static void lookup_put(struct lookup *l)
 {
@@ -303,9 +317,12 @@ static void lookup_put(struct lookup *l)
 		return;
 	if (l->result != NULL)
 		freeaddrinfo(l->result); /* the caller gave up on it */
-	pthread_cond_destroy(&l->done_cond);
+	net.release(l->done_fd);
 	pthread_mutex_destroy(&l->lock);
 	free(l);
+	pthread_mutex_lock(&lookups_lock);
+	lookups--;
+	pthread_mutex_unlock(&lookups_lock);
 }
 
 static void *lookup_main(void *arg)
@@ -313,48 +330,52 @@ static void *lookup_main(void *arg)
 	struct lookup *l = arg;
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
 	struct addrinfo *res = NULL;
-	int rc = getaddrinfo(l->host, l->port, &hints, &res);
+	uint64_t one = 1;
+	int rc = net.getaddrinfo(l->host, l->port, &hints, &res);
 
 	pthread_mutex_lock(&l->lock);
 	l->rc = rc;
 	l->result = rc == 0 ? res : NULL;
 	l->done = true;
-	pthread_cond_signal(&l->done_cond);
 	pthread_mutex_unlock(&l->lock);
+	if (write(l->done_fd, &one, sizeof(one)) < 0) {
+		/* cannot happen on an eventfd below its maximum; the caller times out */
+	}
 	lookup_put(l);
 	return NULL;
 }
 
-/*
- * Resolves `host`:`port` within the deadline: literal addresses at once,
- * names with getaddrinfo() on a detached thread that the caller stops
- * waiting for when the deadline passes (the system resolver has no bound
- * of its own that we could set).
- */
-static int resolve(const char *host, const char *port, long deadline_ms, struct addrinfo **out,
-                   char *err, size_t errlen)
+/* Starts the lookup thread. Returns the lookup (two references), or NULL with `err`. */
+static struct lookup *lookup_start(const char *host, const char *port, char *err, size_t errlen)
 {
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
 	struct lookup *l;
 	pthread_attr_t attr;
 	pthread_t t;
 	sigset_t all, old;
-	int rc;
+	int rc, fd;
 
-	if (getaddrinfo(host, port, &hints, out) == 0)
-		return 0;
-	if (strlen(host) >= sizeof(l->host) || strlen(port) >= sizeof(l->port)) {
-		snprintf(err, errlen, "host name too long");
-		return -1;
+	pthread_mutex_lock(&lookups_lock);
+	rc = lookups < LOOKUPS_MAX ? 0 : -1;
+	lookups += rc == 0;
+	pthread_mutex_unlock(&lookups_lock);
+	if (rc != 0) {
+		snprintf(err, errlen, "cannot resolve %s: resolver busy (%d lookups pending)", host,
+		         LOOKUPS_MAX);
+		return NULL;
 	}
 	l = calloc(1, sizeof(*l));
-	if (l == NULL) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
+	fd = l != NULL ? net.adopt(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) : -1;
+	if (fd < 0) {
+		free(l);
+		pthread_mutex_lock(&lookups_lock);
+		lookups--;
+		pthread_mutex_unlock(&lookups_lock);
+		snprintf(err, errlen, "cannot resolve %s: out of resources", host);
+		return NULL;
 	}
 	pthread_mutex_init(&l->lock, NULL);
-	pthread_cond_init(&l->done_cond, NULL);
 	l->refs = 2;
+	l->done_fd = fd;
 	snprintf(l->host, sizeof(l->host), "%s", host);
 	snprintf(l->port, sizeof(l->port), "%s", port);
 	pthread_attr_init(&attr);
@@ -368,34 +389,50 @@ static int resolve(const char *host, const char *port, long deadline_ms, struct 
 		l->refs = 1;
 		lookup_put(l);
 		snprintf(err, errlen, "cannot resolve %s: %s", host, strerror(rc));
+		return NULL;
+	}
+	return l;
+}
+
+/*
+ * Resolves `host`:`port` by the deadline or until `cancel_fd` is readable:
+ * literal addresses at once, names with getaddrinfo() on a detached thread
+ * that the caller stops waiting for (the system resolver has no bound of its
+ * own that we could set).
+ */
+static int resolve(const char *host, const char *port, long deadline_ms, int cancel_fd,
+                   struct addrinfo **out, char *err, size_t errlen)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
+	struct lookup *l;
+	int r, rc = -1;
+
+	if (net.getaddrinfo(host, port, &hints, out) == 0)
+		return 0;
+	if (strlen(host) >= sizeof(((struct lookup *)0)->host) ||
+	    strlen(port) >= sizeof(((struct lookup *)0)->port)) {
+		snprintf(err, errlen, "host name too long");
 		return -1;
 	}
-	pthread_mutex_lock(&l->lock);
-	while (!l->done) {
-		long left = deadline_ms - now_ms();
-		struct timespec until;
-
-		if (left <= 0)
-			break;
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += left / 1000;
-		until.tv_nsec += (left % 1000) * 1000000;
-		if (until.tv_nsec >= 1000000000) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000;
-		}
-		pthread_cond_timedwait(&l->done_cond, &l->lock, &until);
+	if (deadline_ms - now_ms() <= 0) {
+		snprintf(err, errlen, "resolving %s timed out", host);
+		return -1;
 	}
+	l = lookup_start(host, port, err, errlen);
+	if (l == NULL)
+		return -1;
+	r = wait_fd(l->done_fd, POLLIN, cancel_fd, deadline_ms);
+	pthread_mutex_lock(&l->lock);
 	if (l->done && l->rc == 0) {
 		*out = l->result;
 		l->result = NULL;
 		rc = 0;
 	} else if (l->done) {
 		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(l->rc));
-		rc = -1;
+	} else if (r < 0) {
+		snprintf(err, errlen, "resolving %s: %s", host, strerror(errno));
 	} else {
 		snprintf(err, errlen, "resolving %s timed out", host);
-		rc = -1;
 	}
 	pthread_mutex_unlock(&l->lock);
 	lookup_put(l);
@@ -429,9 +466,11 @@ static int open_conn(struct addrinfo *ai, long deadline_ms, int cancel_fd, char 
 			continue;
 		}
 		r = wait_fd(fd, POLLOUT, cancel_fd, deadline_ms);
-		if (r == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l) == 0 && soerr == 0)
+		if (r == 1 && net.getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l) != 0)
+			soerr = errno;
+		if (r == 1 && soerr == 0)
 			return fd;
-		last = r == 0 ? ETIMEDOUT : r < 0 ? errno : soerr;
+		last = r == 0 ? ETIMEDOUT : r < 0 ? errno : soerr != 0 ? soerr : ECONNREFUSED;
 		net.release(fd);
 		if (r <= 0)
 			break;
@@ -556,11 +595,22 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int 
 	OCSP_REQUEST *req = NULL;
 	OCSP_CERTID *id;
 	OCSP_RESPONSE *resp = NULL;
-	int ssl = 0, fd = -1, n, rc = -1;
+	int ssl = 0, fd = -1, n, rc = -1, cancel_state;
 	char why[160] = "";
 
 	*der = NULL;
 	*len = 0;
+	/* A thread cancelled here would leave a hidden descriptor or a lookup behind. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	if (net.connect == NULL || net.getaddrinfo == NULL || net.getsockopt == NULL ||
+	    net.adopt == NULL || net.release == NULL) {
+		snprintf(why, sizeof(why), "no network access set up");
+		goto out;
+	}
+	if (!url_is_clean(url)) {
+		snprintf(why, sizeof(why), "URL holds spaces or control characters");
+		goto out;
+	}
 	/* The scheme is case-insensitive (RFC 3986 section 3.1); OpenSSL's parser is not. */
 	if (strncasecmp(url, "http://", 7) != 0 || strlen(url) > OCSP_URL_MAX) {
 		snprintf(why, sizeof(why), "not an http:// URL");
@@ -583,7 +633,7 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int 
 		snprintf(why, sizeof(why), "cannot build the request");
 		goto out;
 	}
-	if (resolve(host, port, deadline_ms, &ai, why, sizeof(why)) != 0)
+	if (resolve(host, port, deadline_ms, cancel_fd, &ai, why, sizeof(why)) != 0)
 		goto out;
 	fd = open_conn(ai, deadline_ms, cancel_fd, why, sizeof(why));
 	if (fd < 0)
@@ -601,7 +651,8 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int 
 	rc = 0;
 out:
 	if (rc != 0)
-		snprintf(err, errlen, "OCSP responder %.200s: %s", url, why);
+		snprintf(err, errlen, "OCSP responder %.200s: %s",
+		         url_is_clean(url) ? url : "(malformed URL)", why);
 	if (fd >= 0)
 		net.release(fd);
 	freeaddrinfo(ai);
@@ -612,6 +663,7 @@ out:
 	OPENSSL_free(path);
 	OPENSSL_free(query);
 	ERR_clear_error();
+	pthread_setcancelstate(cancel_state, NULL);
 	return rc;
 }
 
@@ -622,6 +674,8 @@ struct cache_slot {
 	unsigned char *der;     /* NULL: free slot */
 	long len;
 	time_t expires;
+	int status;         /* V_OCSP_CERTSTATUS_*, or -1 when not said */
+	time_t this_update; /* of the answer */
 };
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -662,31 +716,74 @@ int ocsp_cache_get(X509 *leaf, time_t now, unsigned char **der, long *len)
 	return rc;
 }
 
-void ocsp_cache_put(X509 *leaf, const unsigned char *der, long len, time_t expires)
+/* Caller holds cache_lock: the slot for `md`, or NULL. */
+static struct cache_slot *cache_find(const unsigned char md[32])
+{
+	int i;
+
+	for (i = 0; i < OCSP_CACHE_SLOTS; i++)
+		if (cache[i].der != NULL && memcmp(cache[i].leaf, md, 32) == 0)
+			return &cache[i];
+	return NULL;
+}
+
+void ocsp_cache_put_answer(X509 *leaf, const unsigned char *der, long len, time_t expires,
+                           int status, time_t this_update)
 {
 	unsigned char md[32], *copy;
-	struct cache_slot *victim = NULL;
+	struct cache_slot *victim;
 	int i;
 
 	if (len <= 0 || !leaf_digest(leaf, md) || (copy = OPENSSL_memdup(der, (size_t)len)) == NULL)
 		return;
 	pthread_mutex_lock(&cache_lock);
-	for (i = 0; i < OCSP_CACHE_SLOTS; i++) {
-		struct cache_slot *s = &cache[i];
-
-		if (s->der != NULL && memcmp(s->leaf, md, sizeof(md)) == 0) {
-			victim = s; /* replace this certificate's older response */
-			break;
-		}
-		if (victim == NULL ||
-		    (victim->der != NULL && (s->der == NULL || s->expires < victim->expires)))
-			victim = s;
+	victim = cache_find(md);
+	if (victim != NULL &&
+	    ((victim->status == V_OCSP_CERTSTATUS_REVOKED && status != V_OCSP_CERTSTATUS_REVOKED) ||
+	     this_update < victim->this_update)) {
+		/* Revoked stays revoked; an older answer never replaces a newer one. */
+		pthread_mutex_unlock(&cache_lock);
+		OPENSSL_free(copy);
+		return;
+	}
+	for (i = 0; victim == NULL && i < OCSP_CACHE_SLOTS; i++)
+		if (cache[i].der == NULL)
+			victim = &cache[i];
+	if (victim == NULL) {
+		/* Full: the entry that expires first makes room. */
+		victim = &cache[0];
+		for (i = 1; i < OCSP_CACHE_SLOTS; i++)
+			if (cache[i].expires < victim->expires)
+				victim = &cache[i];
 	}
 	OPENSSL_free(victim->der);
 	memcpy(victim->leaf, md, sizeof(md));
 	victim->der = copy;
 	victim->len = len;
 	victim->expires = expires;
+	victim->status = status;
+	victim->this_update = this_update;
+	pthread_mutex_unlock(&cache_lock);
+}
+
+void ocsp_cache_put(X509 *leaf, const unsigned char *der, long len, time_t expires)
+{
+	ocsp_cache_put_answer(leaf, der, len, expires, -1, 0);
+}
+
+void ocsp_cache_drop(X509 *leaf)
+{
+	unsigned char md[32];
+	struct cache_slot *s;
+
+	if (!leaf_digest(leaf, md))
+		return;
+	pthread_mutex_lock(&cache_lock);
+	s = cache_find(md);
+	if (s != NULL) {
+		OPENSSL_free(s->der);
+		s->der = NULL;
+	}
 	pthread_mutex_unlock(&cache_lock);
 }
 
@@ -702,7 +799,20 @@ void ocsp_cache_clear(void)
 	pthread_mutex_unlock(&cache_lock);
 }
 
+void ocsp_atfork_prepare(void)
+{
+	pthread_mutex_lock(&cache_lock);
+}
+
+void ocsp_atfork_parent(void)
+{
+	pthread_mutex_unlock(&cache_lock);
+}
+
 void ocsp_atfork_child(void)
 {
+	/* No lookup thread came along: their count and its lock start afresh. */
 	pthread_mutex_init(&cache_lock, NULL);
+	pthread_mutex_init(&lookups_lock, NULL);
+	lookups = 0;
 }

@@ -18,6 +18,7 @@
 
 #include <openssl/x509.h>
 #include <stdbool.h>
+#include <netdb.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -54,11 +55,20 @@ bool ocsp_must_staple(X509 *cert);
  */
 int ocsp_responder_url(X509 *cert, char *url, size_t urllen, char *err, size_t errlen);
 
-/* How the fetch reaches the network; any member may be NULL for the default. */
+/*
+ * How the fetch reaches the network.  The shim passes the C library's own
+ * functions (real.*) and its hidden-descriptor helpers, so that its request
+ * never goes through its own interposed symbols (which would apply the rules
+ * to it and record the responder's name as a name the program resolved).
+ * The command-line tool and tests pass libc's.  Until it is set, every fetch
+ * fails.
+ */
 struct ocsp_net {
-	int (*connect)(int, const struct sockaddr *, socklen_t); /* default: connect(2) */
-	int (*adopt)(int fd);    /* takes a new descriptor over; default: itself */
-	void (*release)(int fd); /* closes an adopted descriptor; default: close(2) */
+	int (*connect)(int, const struct sockaddr *, socklen_t);
+	int (*getsockopt)(int, int, int, void *, socklen_t *);
+	int (*getaddrinfo)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+	int (*adopt)(int fd);    /* takes a new descriptor over (returns it, or -1) */
+	void (*release)(int fd); /* closes an adopted descriptor */
 };
 
 /* Sets the network hooks (once, before the first fetch). */
@@ -87,10 +97,25 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, long deadline_ms, int 
 int ocsp_cache_get(X509 *leaf, time_t now, unsigned char **der, long *len);
 void ocsp_cache_put(X509 *leaf, const unsigned char *der, long len, time_t expires);
 
+/*
+ * Like ocsp_cache_put(), for an answer about `leaf` with `status`
+ * (V_OCSP_CERTSTATUS_*) made at `this_update`: an entry that says revoked is
+ * never replaced by one that does not, and an older answer (earlier
+ * thisUpdate) never replaces a newer one, so that a replayed old "good"
+ * cannot undo a fresher "revoked".
+ */
+void ocsp_cache_put_answer(X509 *leaf, const unsigned char *der, long len, time_t expires,
+                           int status, time_t this_update);
+
+/* Forgets `leaf`'s entry (an answer that no longer passes its check). */
+void ocsp_cache_drop(X509 *leaf);
+
 /* Empties the cache (tests). */
 void ocsp_cache_clear(void);
 
-/* After fork, in the child: a fresh lock (another thread may have held it). */
+/* Fork handling: the cache lock is held across fork, then released (child: made anew). */
+void ocsp_atfork_prepare(void);
+void ocsp_atfork_parent(void);
 void ocsp_atfork_child(void);
 
 #endif

@@ -892,6 +892,9 @@ static int shim_getaddrinfo(const char *node, const char *service, const struct 
 
 static void atfork_prepare(void)
 {
+	/* First: staple_start() holds the refresher's lock while adopting a descriptor. */
+	staple_atfork_prepare();
+	ocsp_atfork_prepare();
 	names_atfork_prepare();
 	relay_atfork_prepare();
 	fdreg_atfork_prepare();
@@ -902,6 +905,8 @@ static void atfork_parent(void)
 	fdreg_atfork_parent();
 	relay_atfork_parent();
 	names_atfork_release();
+	ocsp_atfork_parent();
+	staple_atfork_parent();
 }
 
 static void atfork_child(void)
@@ -922,7 +927,8 @@ static void shim_init_once(void)
 	shim_ok = real_init() == 0;
 	if (shim_ok) {
 		/* The shim's own OCSP requests: not subject to the rules, on hidden descriptors. */
-		struct ocsp_net net = {real.connect, fdreg_adopt, fdreg_release};
+		struct ocsp_net net = {real.connect, real.getsockopt, real.getaddrinfo, fdreg_adopt,
+		                       fdreg_release};
 
 		ocsp_set_net(&net);
 		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
@@ -970,10 +976,8 @@ TLSSHIM_EXPORT int listen(int fd, int backlog)
 
 	NOT_READY(-1);
 	if (real.getsockname(fd, (struct sockaddr *)&ss, &l) == 0 &&
-	    (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
+	    (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
 		(void)policy_get();
-		staple_start(); /* fetched staples: the first is asked for now */
-	}
 	return real.listen(fd, backlog);
 }
 

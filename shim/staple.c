@@ -43,7 +43,7 @@
 #define REFRESH_NO_NEXT_S 3600
 #define RETRY_FIRST_S     5
 #define RETRY_MAX_S       300
-#define STAPLE_SKEW_S     300
+#define STAPLE_SKEW_S     60 /* on thisUpdate: a responder's clock a little ahead */
 
 struct staple_src {
 	pthread_mutex_t lock; /* guards der, len, next_update, mtime */
@@ -269,6 +269,16 @@ static void report(const struct staple_src *s, const char *event, int severity, 
 	log_emit(&ev);
 }
 
+static bool refresher_stopping(void)
+{
+	bool stop;
+
+	pthread_mutex_lock(&refresh_lock);
+	stop = refresher_stop;
+	pthread_mutex_unlock(&refresh_lock);
+	return stop;
+}
+
 /* Fetches, checks and installs one source's response; sets its next due time. */
 static void refresh(struct staple_src *s)
 {
@@ -290,9 +300,17 @@ static void refresh(struct staple_src *s)
 	                      time(NULL), &v) != 0) {
 		snprintf(reason, sizeof(reason), "bad OCSP response from %.300s: %s", s->url,
 		         v.reason);
+	} else if (v.next_update != 0 && v.next_update <= time(NULL)) {
+		/* Within the skew a client allows, but not worth stapling. */
+		v.status = -1;
+		snprintf(v.outcome, sizeof(v.outcome), "bad:stale");
+		snprintf(reason, sizeof(reason), "bad OCSP response from %.300s: %s", s->url,
+		         "nextUpdate has passed");
 	} else if (v.status == V_OCSP_CERTSTATUS_UNKNOWN) {
-		snprintf(reason, sizeof(reason), "%.300s: OCSP status unknown (not stapled)",
-		         s->url);
+		snprintf(reason, sizeof(reason), "%.300s: OCSP status unknown (not stapled; %s)",
+		         s->url,
+		         s->ever ? "the last good answer stays stapled until its nextUpdate"
+		                 : "nothing is stapled");
 	}
 	now = time(NULL);
 	if (v.status == V_OCSP_CERTSTATUS_GOOD || v.status == V_OCSP_CERTSTATUS_REVOKED) {
@@ -323,10 +341,13 @@ static void refresh(struct staple_src *s)
 		               : s->backoff_s * 2 > RETRY_MAX_S ? RETRY_MAX_S
 		                                                : s->backoff_s * 2;
 		s->due = now + s->backoff_s;
+		if (refresher_stopping())
+			goto out; /* the process is exiting: nothing to report */
 		report(s, "staple_failed",
 		       v.status == V_OCSP_CERTSTATUS_UNKNOWN ? LOG_ERR : LOG_WARNING, v.outcome,
 		       reason);
 	}
+out:
 	OPENSSL_free(der);
 	ERR_clear_error();
 }
@@ -440,6 +461,24 @@ int staple_wait(SSL_CTX *ctx, long timeout_ms)
 	}
 	pthread_mutex_unlock(&refresh_lock);
 	return rc;
+}
+
+void staple_atfork_prepare(void)
+{
+	struct staple_src *s;
+
+	pthread_mutex_lock(&refresh_lock);
+	for (s = sources; s != NULL; s = s->next)
+		pthread_mutex_lock(&s->lock);
+}
+
+void staple_atfork_parent(void)
+{
+	struct staple_src *s;
+
+	for (s = sources; s != NULL; s = s->next)
+		pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&refresh_lock);
 }
 
 void staple_atfork_child(void)

@@ -5,8 +5,8 @@
  * two sources: a file the operator keeps fresh (`ocsp_response_file`, read
  * again when it changes), or the responder named in the certificate's AIA
  * extension (`ocsp_fetch = yes`), asked by a background thread of the
- * process and asked again halfway to the response's nextUpdate, sooner after
- * a failure.  A handshake never waits for a fetch, and a stale response
+ * process (started at its first handshake) and asked again halfway to the
+ * response's nextUpdate, sooner after a failure.  A handshake never waits for a fetch, and a stale response
  * (nextUpdate passed) is never stapled (RFC 6960 section 4.2.2.1).
  */
 #ifndef TLSSHIM_STAPLE_H
@@ -31,19 +31,25 @@ int staple_attach(SSL_CTX *ctx, const struct conf_inbound *in, char *err,
 
 /*
  * Starts this process's refresher thread when a source needs one and it is
- * not running (the shim calls it at listen(); a forked child starts its own
- * at its first handshake).  Never blocks on the network.
+ * not running.  The status callback calls it at each process's first
+ * handshake (so a server that forks its workers after listen() forks no
+ * thread); never blocks on the network.
  */
 void staple_start(void);
 
 /*
- * Waits until the source of `ctx` holds a current response, at most
- * `timeout_ms`.  Returns 0 when it does, -1 otherwise (tests and
- * `tlsshim check`).
+ * Waits until the source of `ctx` holds a current fetched response, at most
+ * `timeout_ms`.  Returns 0 when it does, -1 otherwise (tests).
  */
 int staple_wait(SSL_CTX *ctx, long timeout_ms);
 
-/* Fork handling: in the child, fresh locks and no refresher thread. */
+/*
+ * Fork handling: the refresher's lock and every source's lock are held
+ * across fork (so no half-replaced response is copied), then released; the
+ * child gets fresh locks and no refresher thread.
+ */
+void staple_atfork_prepare(void);
+void staple_atfork_parent(void);
 void staple_atfork_child(void);
 
 #endif

@@ -887,52 +887,94 @@ static int ocsp_fail(struct tls_failure *why, const char *outcome, const char *f
 
 /*
  * With ocsp_fetch, a server that staples nothing is not the end: ask the
- * responder the certificate names (the cache first).  Returns 0 with the
- * response in *der (OPENSSL_free it) and `*from` saying where it came from,
- * or -1 with `err` saying why there is none.
+ * responder the certificate names, the per-process cache first.  An answer
+ * from the cache that no longer passes the check (another rule's anchors, a
+ * smaller skew) is dropped and asked for afresh, once.  Returns 0 to accept,
+ * -1 with `why` filled, as check_staple().
  */
-static int fetch_response(const struct conf_tls *t, X509 *leaf, X509 *issuer, long deadline_ms,
-                          unsigned char **der, long *len, const char **from, char *err,
-                          size_t errlen)
+static int check_fetched(SSL *ssl, const struct conf_tls *t, X509 *leaf, X509 *issuer,
+                         long deadline_ms, const char *none, struct tls_failure *why)
 {
-	char url[600];
+	STACK_OF(X509) *chain = SSL_get0_verified_chain(ssl);
+	X509_STORE *store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
 	long until = tlsio_now_ms() + t->ocsp_fetch_timeout_ms;
+	unsigned char *der = NULL;
+	long len = 0;
+	char url[600], err[256], text[sizeof(why->reason)];
+	struct ocsp_verdict v;
+	bool cached;
+	time_t now = time(NULL);
+	int rc = -1;
 
-	if (ocsp_cache_get(leaf, time(NULL), der, len) == 0) {
-		*from = "cache";
-		return 0;
+	if (issuer == leaf) {
+		snprintf(text, sizeof(text), "%s; %s", none,
+		         "no issuer in the verified chain to ask a responder about");
+		return ocsp_fail(why, "none", "%s", text);
 	}
-	if (ocsp_responder_url(leaf, url, sizeof(url), err, errlen) != 0)
-		return -1;
+	if (ocsp_responder_url(leaf, url, sizeof(url), err, sizeof(err)) != 0) {
+		snprintf(text, sizeof(text), "%s; %.200s", none, err);
+		return ocsp_fail(why, "none", "%s", text);
+	}
 	if (until > deadline_ms)
 		until = deadline_ms;
-	*from = "fetch";
-	return ocsp_fetch(url, leaf, issuer, until, -1, der, len, err, errlen);
+	cached = ocsp_cache_get(leaf, now, &der, &len) == 0;
+	if (cached &&
+	    ocsp_check(der, len, leaf, issuer, chain, store, t->ocsp_skew_s, now, &v) != 0) {
+		ocsp_cache_drop(leaf);
+		OPENSSL_free(der);
+		der = NULL;
+		cached = false;
+	}
+	if (!cached) {
+		if (ocsp_fetch(url, leaf, issuer, until, -1, &der, &len, err, sizeof(err)) != 0) {
+			snprintf(text, sizeof(text), "%s; %.200s", none, err);
+			return ocsp_fail(why, "none", "%s", text);
+		}
+		if (ocsp_check(der, len, leaf, issuer, chain, store, t->ocsp_skew_s, now, &v) !=
+		    0) {
+			snprintf(text, sizeof(text),
+			         "bad OCSP response (fetched from %.120s): %.90s", url, v.reason);
+			ocsp_fail(why, v.outcome, "%s", text);
+			goto out;
+		}
+		/* Kept until nextUpdate (revoked ones too); unknown is asked again. */
+		if (v.status != V_OCSP_CERTSTATUS_UNKNOWN && v.next_update > now)
+			ocsp_cache_put_answer(leaf, der, len, v.next_update, v.status,
+			                      v.this_update);
+	}
+	snprintf(why->ocsp, sizeof(why->ocsp), "%s", v.outcome);
+	if (v.status == V_OCSP_CERTSTATUS_GOOD) {
+		rc = 0;
+	} else {
+		/* Say where a verdict came from: a staple says it plainly, this does not. */
+		snprintf(text, sizeof(text), "%.90s (%s %.120s)", v.reason,
+		         cached ? "cached answer of" : "answer of", url);
+		ocsp_fail(why, v.outcome, "%s", text);
+	}
+out:
+	OPENSSL_free(der);
+	return rc;
 }
 
 /*
  * Checks the OCSP response of a verified connection against the mode of `t`
  * (RFC 6960 section 3.2): the staple, or with ocsp_fetch under require one
- * fetched from the responder.  Signed by the issuer or a responder it
- * delegated to, about this certificate, current within the skew, and good.
- * Returns 0 to accept, -1 with `why` filled.
+ * from the responder.  Signed by the issuer or a responder it delegated to,
+ * about this certificate, current within the skew, and good.  Returns 0 to
+ * accept, -1 with `why` filled.
  */
 static int check_staple(SSL *ssl, const struct conf_tls *t, long deadline_ms,
                         struct tls_failure *why)
 {
 	const unsigned char *staple = NULL;
-	unsigned char *fetched = NULL;
 	STACK_OF(X509) *chain = SSL_get0_verified_chain(ssl);
 	X509 *leaf = SSL_get0_peer_certificate(ssl), *issuer;
 	enum conf_ocsp mode = t != NULL ? t->ocsp : OCSP_PREFER;
 	long skew = t != NULL ? t->ocsp_skew_s : 300;
 	bool must = leaf != NULL && ocsp_must_staple(leaf);
 	long len = SSL_get_tlsext_status_ocsp_resp(ssl, &staple);
-	const char *what = "bad OCSP staple", *from = "staple";
 	struct ocsp_verdict v;
-	char err[256];
-	time_t now = time(NULL);
-	int rc = -1;
+	char text[sizeof(why->reason)];
 
 	if (must)
 		mode = OCSP_REQUIRE; /* RFC 7633: the certificate demands it */
@@ -952,40 +994,17 @@ static int check_staple(SSL *ssl, const struct conf_tls *t, long deadline_ms,
 			return 0;
 		if (t == NULL || !t->ocsp_fetch)
 			return ocsp_fail(why, "none", "%s", none);
-		if (fetch_response(t, leaf, issuer, deadline_ms, &fetched, &len, &from, err,
-		                   sizeof(err)) != 0) {
-			char text[sizeof(why->reason)];
-
-			snprintf(text, sizeof(text), "%s; %.200s", none, err);
-			return ocsp_fail(why, "none", "%s", text);
-		}
-		staple = fetched;
-		what = "bad OCSP response";
+		return check_fetched(ssl, t, leaf, issuer, deadline_ms, none, why);
 	}
 	if (ocsp_check(staple, len, leaf, issuer, chain,
-	               SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)), skew, now, &v) != 0) {
-		char text[sizeof(why->reason)];
-
-		snprintf(text, sizeof(text), "%s%s: %s", what,
-		         strcmp(from, "staple") == 0  ? ""
-		         : strcmp(from, "cache") == 0 ? " (cached)"
-		                                      : " (fetched)",
-		         v.reason);
-		ocsp_fail(why, v.outcome, "%s", text);
-		goto out;
+	               SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)), skew, time(NULL), &v) != 0) {
+		snprintf(text, sizeof(text), "bad OCSP staple: %s", v.reason);
+		return ocsp_fail(why, v.outcome, "%s", text);
 	}
 	snprintf(why->ocsp, sizeof(why->ocsp), "%s", v.outcome);
-	/* Fetched answers are kept until their nextUpdate; revoked ones too. */
-	if (strcmp(from, "fetch") == 0 && v.status != V_OCSP_CERTSTATUS_UNKNOWN &&
-	    v.next_update > now)
-		ocsp_cache_put(leaf, staple, len, v.next_update);
 	if (v.status == V_OCSP_CERTSTATUS_GOOD)
-		rc = 0;
-	else
-		ocsp_fail(why, v.outcome, "%s", v.reason);
-out:
-	OPENSSL_free(fetched);
-	return rc;
+		return 0;
+	return ocsp_fail(why, v.outcome, "%s", v.reason);
 }
 
 /*

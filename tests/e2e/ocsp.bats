@@ -683,7 +683,7 @@ assert_requests() {
   aia_responder
   ns_server aia-revoked
   ns_fetch "$(fetch_conf)"
-  refused_ocsp revoked "revoked (keyCompromise)"
+  refused_ocsp revoked "revoked (keyCompromise) (answer of http://127.0.0.1:$AIA_PORT/)"
   assert_requests 1
 }
 
@@ -692,7 +692,7 @@ assert_requests() {
   aia_responder
   ns_server aia-unknown
   ns_fetch "$(fetch_conf)"
-  refused_ocsp unknown "OCSP status unknown"
+  refused_ocsp unknown "OCSP status unknown (answer of http://127.0.0.1:$AIA_PORT/)"
 }
 
 @test "ocsp_fetch: without it, require refuses the same server (no OCSP staple)" {
@@ -799,11 +799,13 @@ assert_requests() {
   ns_server aia-good
   aia_responder -ndays 1 -rsigner "$OCSP/rogue-responder.pem" -rkey "$OCSP/rogue-responder.key"
   ns_fetch "$(fetch_conf)"
-  refused stage=ocsp ocsp=bad:signer "reason~bad OCSP response (fetched): "
+  refused stage=ocsp ocsp=bad:signer \
+    "reason~bad OCSP response (fetched from http://127.0.0.1:$AIA_PORT/): "
   stop_pid "$AIA_PID"
   AIA_FAKE=-3d aia_responder -ndays 1
   ns_fetch "$(fetch_conf)"
-  refused stage=ocsp ocsp=bad:stale "reason=bad OCSP response (fetched): nextUpdate has passed"
+  refused stage=ocsp ocsp=bad:stale \
+    "reason=bad OCSP response (fetched from http://127.0.0.1:$AIA_PORT/): nextUpdate has passed"
 }
 
 @test "ocsp_fetch: a certificate that names no responder, or only an https one, is refused with why" {
@@ -870,7 +872,8 @@ assert_requests() {
 
 # ns_inbound NAME SECTION_LINE...: python http.server under the shim in the
 # namespace on 127.0.0.1:$port, its listener served by an inbound section
-# with the given lines; log lines in $BATS_TEST_TMPDIR/NAME.err.
+# with the given lines, after one handshake; log lines in
+# $BATS_TEST_TMPDIR/NAME.err.
 ns_inbound() {
   local name=$1 conf www=$BATS_TEST_TMPDIR/www-$1
   shift
@@ -886,6 +889,9 @@ ns_inbound() {
     cat "$BATS_TEST_TMPDIR/$name.err" >&2
     return 1
   }
+  # The refresher starts at the process's first handshake (not at listen(),
+  # so that servers forking workers fork no thread): make one.
+  ns_status >/dev/null
 }
 
 # wait_event FILE EVENT [COUNT]: wait (20 s) until FILE has COUNT (default 1)

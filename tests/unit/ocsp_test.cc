@@ -599,7 +599,8 @@ void counting_release(int fd)
 struct CountingNet : ::testing::Environment {
 	void SetUp() override
 	{
-		struct ocsp_net n = {counting_connect, counting_adopt, counting_release};
+		struct ocsp_net n = {counting_connect, getsockopt, getaddrinfo, counting_adopt,
+		                     counting_release};
 		ocsp_set_net(&n);
 	}
 };
@@ -1351,6 +1352,36 @@ TEST_F(OcspCache, ANewerResponseReplacesTheOlder)
 	EXPECT_EQ(*got, payload(1, 3));
 	for (int i = 0; i < OCSP_CACHE_SLOTS - 1; i++)
 		EXPECT_NE(get(others[i], 1000), nullptr) << i;
+}
+
+// Answers with a status: revoked is never undone by a later put, and an older
+// answer (a replayed "good" from before the revocation) never replaces a
+// newer one; a newer answer of the same kind does.
+TEST_F(OcspCache, RevokedStaysAndOlderAnswersLose)
+{
+	const int good = V_OCSP_CERTSTATUS_GOOD, revoked = V_OCSP_CERTSTATUS_REVOKED;
+	auto put_answer = [](X509 *leaf, const Bytes &b, time_t exp, int st, time_t tu) {
+		ocsp_cache_put_answer(leaf, b.data(), (long)b.size(), exp, st, tu);
+	};
+
+	put_answer(cert("good"), payload(1, 0), 5000, good, 100);
+	put_answer(cert("good"), payload(1, 1), 5000, good, 50); // older: ignored
+	ASSERT_NE(get(cert("good"), 1000), nullptr);
+	EXPECT_EQ(*get(cert("good"), 1000), payload(1, 0));
+	put_answer(cert("good"), payload(1, 2), 5000, good, 200); // newer: taken
+	EXPECT_EQ(*get(cert("good"), 1000), payload(1, 2));
+	put_answer(cert("good"), payload(1, 3), 5000, revoked, 300);
+	EXPECT_EQ(*get(cert("good"), 1000), payload(1, 3));
+	put_answer(cert("good"), payload(1, 4), 9000, good, 400); // even newer good: revoked stays
+	EXPECT_EQ(*get(cert("good"), 1000), payload(1, 3));
+	put_answer(cert("good"), payload(1, 5), 9000, revoked, 500); // a newer revoked: taken
+	EXPECT_EQ(*get(cert("good"), 1000), payload(1, 5));
+	ocsp_cache_drop(cert("good"));
+	EXPECT_EQ(get(cert("good"), 1000), nullptr);
+	put_answer(cert("good"), payload(1, 6), 9000, good, 10); // after a drop: anything
+	EXPECT_EQ(*get(cert("good"), 1000), payload(1, 6));
+	ocsp_cache_drop(cert("revoked")); // not there: nothing happens
+	EXPECT_EQ(*get(cert("good"), 1000), payload(1, 6));
 }
 
 // With every slot taken, the one expiring first makes room, wherever it is.
