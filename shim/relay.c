@@ -25,18 +25,21 @@
  * other direction keeps flowing; close_notify or EOF from the server becomes
  * EOF for the program (shutdown(SHUT_WR) on the socketpair).
  *
- * Adaptive busy-polling (relay_wait): after a batch that forwarded data, the
- * thread polls epoll without sleeping for a short window before it blocks,
- * because on an interactive connection the answer (the server's response,
- * or the program's next request) usually follows within tens of
- * microseconds, and a thread that slept must be woken: one wake-up saved in
- * each direction of a round trip.  The window follows the waits it observes
- * (relay_spin_adapt: it grows when a blocking wait turned out short, halves
- * when a wait was longer than the bound, down to no spinning at all), so an
- * idle or slow connection costs no CPU, and it is never longer than
- * TLSSHIM_RELAY_SPIN_US (default SPIN_US_DEFAULT; 0 disables it).  Never on a
- * machine, or under an affinity mask, with a single CPU: there the spinning
- * thread would hold the very CPU the peer needs to answer.
+ * Adaptive busy-polling (relay_wait): after a batch that forwarded a little
+ * data (a request or a response, not bulk), the thread polls epoll without
+ * sleeping for a short window before it blocks, because on an interactive
+ * connection the answer (the server's response, or the program's next
+ * request) usually follows within tens of microseconds, and a thread that
+ * slept must be woken: one wake-up saved in each direction of a round trip.
+ * The window follows the waits it observes (relay_spin_adapt: it grows when
+ * a blocking wait turned out short, halves when a wait was longer than the
+ * bound, down to no spinning at all), so an idle or slow connection costs no
+ * CPU, and it is never longer than TLSSHIM_RELAY_SPIN_US (default
+ * SPIN_US_DEFAULT; 0 disables it).  Never on a machine, or under an affinity
+ * mask, with a single CPU: there the spinning thread would hold the very CPU
+ * the peer needs to answer.  Interactive reads from the program are also
+ * peeked before they are consumed (pump_up), to keep a spurious wake-up of
+ * the program off the request's path.
  */
 #include "relay.h"
 
@@ -82,7 +85,8 @@
 #define SPIN_US_DEFAULT 50
 #define SPIN_US_MAX     1000
 #define SPIN_MIN_NS     5000L
-#define SPIN_PROBE      16 /* with no window, every 16th armed wait spins */
+#define SPIN_PROBE      16        /* with no window, every 16th armed wait spins */
+#define SPIN_ARM_MAX    PEEK_SIZE /* a batch that moved more is not interactive */
 
 enum { SIDE_APP = 0, SIDE_NET = 1, SIDE_WAKE = 2 };
 
@@ -151,7 +155,7 @@ static struct side relay_wake_side = {NULL, SIDE_WAKE};
 static unsigned char *relay_scratch;        /* relay thread only */
 static unsigned char *relay_pool[POOL_MAX]; /* relay thread only */
 static int relay_npool;
-static bool relay_moved;                    /* relay thread only: this batch forwarded data */
+static size_t relay_moved;                  /* relay thread only: bytes this batch forwarded */
 static bool relay_net_more;                 /* relay thread only: this SSL_write has more records */
 static unsigned char relay_sink[PEEK_SIZE]; /* relay thread only: see app_consume() */
 static BIO_METHOD *relay_wbio_method;
@@ -428,7 +432,7 @@ static int ssl_write_out(struct relay_conn *c, struct stash *s)
 		relay_net_more = false;
 		if (w > 0) {
 			s->off += (size_t)w;
-			relay_moved = true;
+			relay_moved += (size_t)w;
 			continue;
 		}
 		err = SSL_get_error(c->ssl, w);
@@ -565,7 +569,7 @@ static int app_send(struct relay_conn *c, struct stash *s)
 
 		if (n > 0) {
 			s->off += (size_t)n;
-			relay_moved = true;
+			relay_moved += (size_t)n;
 		} else if (n < 0 && errno == EINTR) {
 			continue;
 		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -1071,7 +1075,7 @@ static void *relay_main(void *arg)
 		exiting = relay_exiting;
 		pthread_mutex_unlock(&relay_lock);
 
-		relay_moved = false;
+		relay_moved = 0;
 		for (i = 0; i < n; i++) {
 			struct side *s = evs[i].data.ptr;
 
@@ -1089,7 +1093,12 @@ static void *relay_main(void *arg)
 			else
 				pump(s->c, 0, evs[i].events);
 		}
-		armed = relay_moved;
+		/*
+		 * Spin only after interactive traffic: a bulk transfer has its
+		 * next data queued already or waits for a peer that is busy
+		 * producing it, and a spinning relay would only take its CPU.
+		 */
+		armed = relay_moved > 0 && relay_moved <= SPIN_ARM_MAX;
 
 		timeout = expire_handshakes();
 		if (exiting) {

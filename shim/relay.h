@@ -73,7 +73,7 @@ long relay_count(void);
  * full window.  relay_get_spin_stats() reads the counters, which only grow.
  */
 struct relay_spin_stats {
-	unsigned long armed;  /* waits after a batch that forwarded data */
+	unsigned long armed;  /* waits after a batch that forwarded 1..4096 bytes */
 	unsigned long spins;  /* of those, waits that polled first */
 	unsigned long hits;   /* spins that found an event */
 	unsigned long blocks; /* armed waits that went on to sleep */
