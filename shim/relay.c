@@ -464,6 +464,7 @@ static int app_consume(struct relay_conn *c, size_t n)
 			relay_log_failure(c, "socketpair read failed");
 			return -1;
 		}
+		OPENSSL_cleanse(relay_sink, (size_t)r); /* a copy we do not need */
 		n -= (size_t)r;
 	}
 	return 0;
