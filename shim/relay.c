@@ -24,6 +24,22 @@
  * Half-close: EOF from the program sends close_notify and a TCP FIN while the
  * other direction keeps flowing; close_notify or EOF from the server becomes
  * EOF for the program (shutdown(SHUT_WR) on the socketpair).
+ *
+ * Adaptive busy-polling (relay_wait): after a batch that forwarded a little
+ * data (a request or a response, not bulk), the thread polls epoll without
+ * sleeping for a short window before it blocks, because on an interactive
+ * connection the answer (the server's response, or the program's next
+ * request) usually follows within tens of microseconds, and a thread that
+ * slept must be woken: one wake-up saved in each direction of a round trip.
+ * The window follows the waits it observes (relay_spin_adapt: it grows when
+ * a blocking wait turned out short, halves when a wait was longer than the
+ * bound, down to no spinning at all), so an idle or slow connection costs no
+ * CPU, and it is never longer than TLSSHIM_RELAY_SPIN_US (default
+ * SPIN_US_DEFAULT; 0 disables it).  Never on a machine, or under an affinity
+ * mask, with a single CPU: there the spinning thread would hold the very CPU
+ * the peer needs to answer.  Interactive reads from the program are also
+ * peeked before they are consumed (pump_up), to keep a spurious wake-up of
+ * the program off the request's path.
  */
 #include "relay.h"
 
@@ -38,7 +54,9 @@
 #include <time.h>
 #include <openssl/err.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,9 +71,22 @@
  * four decrypted records go to the program in one send().
  */
 #define SCRATCH_SIZE  (4 * 16384)
-#define POOL_MAX      8 /* spare scratch-sized buffers kept by the thread */
+#define PEEK_SIZE     4096 /* a read from the program this short is "interactive" */
+#define POOL_MAX      8    /* spare scratch-sized buffers kept by the thread */
 #define MAX_EVENTS    256
 #define EXIT_FLUSH_MS 3000
+
+/*
+ * Busy-polling bounds.  The default covers a loopback or LAN round trip
+ * through a server that answers at once (20-40 us here); SPIN_US_MAX keeps
+ * a misconfiguration from burning a CPU on every wait; a window below
+ * SPIN_MIN_NS saves nothing and becomes no spinning.
+ */
+#define SPIN_US_DEFAULT 50
+#define SPIN_US_MAX     1000
+#define SPIN_MIN_NS     5000L
+#define SPIN_PROBE      16        /* with no window, every 16th armed wait spins */
+#define SPIN_ARM_MAX    PEEK_SIZE /* a batch that moved more is not interactive */
 
 enum { SIDE_APP = 0, SIDE_NET = 1, SIDE_WAKE = 2 };
 
@@ -95,6 +126,8 @@ struct relay_conn {
 	bool app_shut;               /* EOF delivered to the program */
 	bool dead;                   /* torn down, waiting to be freed */
 	bool net_drained;            /* the last read of the TLS socket emptied it */
+	bool app_peek;               /* SO_PEEK_OFF is set on app_fd: see pump_up() */
+	bool up_bulk;                /* the last read from the program was PEEK_SIZE or more */
 	struct sockaddr_storage peer;
 	char name[256];
 	bool server;      /* inbound: accepted by the program */
@@ -122,6 +155,24 @@ static struct side relay_wake_side = {NULL, SIDE_WAKE};
 static unsigned char *relay_scratch;        /* relay thread only */
 static unsigned char *relay_pool[POOL_MAX]; /* relay thread only */
 static int relay_npool;
+static size_t relay_moved;                  /* relay thread only: bytes this batch forwarded */
+static bool relay_net_more;                 /* relay thread only: this SSL_write has more records */
+static unsigned char relay_sink[PEEK_SIZE]; /* relay thread only: see app_consume() */
+static BIO_METHOD *relay_wbio_method;
+static pthread_once_t relay_wbio_once = PTHREAD_ONCE_INIT;
+
+/*
+ * Busy-polling: the bound in ns (-1 until the first thread start reads the
+ * environment; relay_set_spin_us() for tests), the thread's current window,
+ * and counters for tests and the benchmark.
+ */
+static atomic_long relay_spin_max_ns = -1;
+static long relay_spin_window;      /* relay thread only */
+static long relay_spin_seen = -1;   /* relay thread only: the bound it last saw */
+static unsigned relay_spin_skipped; /* relay thread only: armed waits without a window */
+static atomic_ulong relay_st_armed, relay_st_spins, relay_st_hits, relay_st_blocks;
+static atomic_long relay_st_window;
+static atomic_bool relay_st_sleeping;
 
 /* --- buffers -------------------------------------------------------------- */
 
@@ -209,6 +260,74 @@ static long net_bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi,
 	    (ret <= 0 || processed == NULL || *processed < len))
 		c->net_drained = true;
 	return ret;
+}
+
+/*
+ * The TLS socket's write BIO.  It sends like tlsio.c's socket BIO, except
+ * that while one SSL_write() call still has more records to produce
+ * (relay_net_more) it passes MSG_MORE, so TCP builds one segment from the
+ * four records of a 64 KiB read instead of one segment per record: fewer
+ * packets through the stack, no copy.  The last record of the batch goes
+ * without MSG_MORE, which pushes what was held back.
+ */
+static int wbio_write(BIO *b, const char *buf, int len)
+{
+	int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (relay_net_more ? MSG_MORE : 0);
+	ssize_t n;
+
+	BIO_clear_retry_flags(b);
+	do
+		n = send(BIO_get_fd(b, NULL), buf, (size_t)len, flags);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		BIO_set_retry_write(b);
+	return (int)n;
+}
+
+static long wbio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	switch (cmd) {
+	case BIO_C_SET_FD:
+		BIO_set_data(b, (void *)(intptr_t) * (int *)ptr);
+		BIO_set_init(b, 1);
+		return 1;
+	case BIO_C_GET_FD:
+		if (ptr != NULL)
+			*(int *)ptr = (int)(intptr_t)BIO_get_data(b);
+		return (long)(intptr_t)BIO_get_data(b);
+	case BIO_CTRL_FLUSH:
+		return 1;
+	default:
+		(void)num;
+		return 0;
+	}
+}
+
+static void wbio_method_init(void)
+{
+	BIO_METHOD *m =
+	        BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+	                     "tlsshim relay socket");
+
+	if (m != NULL &&
+	    (BIO_meth_set_write(m, wbio_write) != 1 || BIO_meth_set_ctrl(m, wbio_ctrl) != 1)) {
+		BIO_meth_free(m);
+		m = NULL;
+	}
+	relay_wbio_method = m;
+}
+
+/* A write BIO on `fd` that knows MSG_MORE, or NULL (then the SSL's own stays). */
+static BIO *wbio_new(int fd)
+{
+	BIO *b;
+
+	if (pthread_once(&relay_wbio_once, wbio_method_init) != 0 || relay_wbio_method == NULL)
+		return NULL;
+	b = BIO_new(relay_wbio_method);
+	if (b != NULL)
+		BIO_set_fd(b, fd, BIO_NOCLOSE);
+	return b;
 }
 
 /* --- registration ----------------------------------------------------------- */
@@ -307,9 +426,13 @@ static int ssl_write_out(struct relay_conn *c, struct stash *s)
 		int w, err;
 
 		ERR_clear_error();
+		/* One record per call (partial writes): more follow if this is over one. */
+		relay_net_more = s->len - s->off > SSL3_RT_MAX_PLAIN_LENGTH;
 		w = SSL_write(c->ssl, s->buf + s->off, (int)(s->len - s->off));
+		relay_net_more = false;
 		if (w > 0) {
 			s->off += (size_t)w;
+			relay_moved += (size_t)w;
 			continue;
 		}
 		err = SSL_get_error(c->ssl, w);
@@ -319,6 +442,30 @@ static int ssl_write_out(struct relay_conn *c, struct stash *s)
 		}
 		c->ssl_up_wants = err == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN;
 		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Takes `n` bytes that were read with MSG_PEEK (and are already passed on)
+ * out of the socketpair.  They are there, so a failure means the socket is
+ * broken; the caller then tears the connection down rather than risk
+ * sending a byte twice.  Returns 0 or -1.
+ */
+static int app_consume(struct relay_conn *c, size_t n)
+{
+	while (n > 0) {
+		ssize_t r = recv(c->app_fd, relay_sink,
+		                 n < sizeof(relay_sink) ? n : sizeof(relay_sink), MSG_DONTWAIT);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			relay_log_failure(c, "socketpair read failed");
+			return -1;
+		}
+		OPENSSL_cleanse(relay_sink, (size_t)r); /* a copy we do not need */
+		n -= (size_t)r;
 	}
 	return 0;
 }
@@ -339,8 +486,9 @@ static int pump_up(struct relay_conn *c)
 	c->ssl_up_wants = 0;
 	while (!c->net_dead) {
 		struct stash cur;
+		size_t want = SCRATCH_SIZE;
 		ssize_t n;
-		int rc;
+		int rc, flags = MSG_DONTWAIT;
 
 		if (!stash_empty(&c->up)) {
 			rc = ssl_write_out(c, &c->up);
@@ -351,7 +499,20 @@ static int pump_up(struct relay_conn *c)
 		}
 		if (c->app_eof || drained)
 			break;
-		n = recv(c->app_fd, relay_scratch, SCRATCH_SIZE, MSG_DONTWAIT);
+		/*
+		 * Interactive traffic is peeked, sent, and only then taken out of
+		 * the socketpair: taking data out wakes the program if it already
+		 * sleeps in read() (AF_UNIX wakes every waiter when it frees the
+		 * sender's buffer space), and that wake-up should not delay the
+		 * request on its way to the server.  Bulk data is read directly.
+		 */
+		if (c->app_peek && !c->up_bulk && polled) {
+			want = PEEK_SIZE;
+			flags |= MSG_PEEK;
+		}
+		n = recv(c->app_fd, relay_scratch, want, flags);
+		if (n > 0)
+			c->up_bulk = (size_t)n >= PEEK_SIZE;
 		if (n == 0 ||
 		    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 			c->app_eof = true;
@@ -362,11 +523,13 @@ static int pump_up(struct relay_conn *c)
 				continue;
 			break;
 		}
-		drained = polled && (size_t)n < SCRATCH_SIZE;
+		drained = polled && (size_t)n < want;
 		cur.buf = relay_scratch;
 		cur.off = 0;
 		cur.len = (size_t)n;
 		rc = ssl_write_out(c, &cur);
+		if ((flags & MSG_PEEK) && app_consume(c, cur.len) != 0)
+			return -1;
 		if (rc < 0)
 			return -1;
 		if (rc > 0) {
@@ -407,6 +570,7 @@ static int app_send(struct relay_conn *c, struct stash *s)
 
 		if (n > 0) {
 			s->off += (size_t)n;
+			relay_moved += (size_t)n;
 		} else if (n < 0 && errno == EINTR) {
 			continue;
 		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -720,18 +884,183 @@ static long relay_now_ms(void)
 	return (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
+static long relay_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+long relay_spin_adapt(long window_ns, long max_ns, long waited_ns, bool hit)
+{
+	long want;
+
+	if (max_ns <= 0)
+		return 0;
+	if (window_ns > max_ns)
+		window_ns = max_ns;
+	if (hit)
+		return window_ns; /* spinning paid off: keep it */
+	if (waited_ns > max_ns) {
+		/* Longer than we would ever spin: spinning cannot pay off, back off. */
+		window_ns /= 2;
+		return window_ns < SPIN_MIN_NS ? 0 : window_ns;
+	}
+	/* A short wait that spinning did not cover: cover it, with a margin. */
+	want = waited_ns + waited_ns / 2;
+	if (want < 2 * window_ns)
+		want = 2 * window_ns;
+	if (want < SPIN_MIN_NS)
+		want = SPIN_MIN_NS;
+	return want < max_ns ? want : max_ns;
+}
+
+long relay_spin_bound(const char *setting, long ncpu)
+{
+	long us = SPIN_US_DEFAULT;
+
+	if (setting != NULL && *setting != '\0') {
+		char *end;
+		long x;
+
+		errno = 0;
+		x = strtol(setting, &end, 10);
+		if (errno == 0 && *end == '\0' && x >= 0)
+			us = x < SPIN_US_MAX ? x : SPIN_US_MAX;
+		else
+			log_debug("TLSSHIM_RELAY_SPIN_US: not a number of microseconds, ignored");
+	}
+	return ncpu < 2 ? 0 : us * 1000L;
+}
+
+/* CPUs this process may run on: online ones, within its affinity mask. */
+static long relay_ncpu(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) < n)
+		n = CPU_COUNT(&set);
+	return n;
+}
+
+static void relay_spin_set_window(long w)
+{
+	relay_spin_window = w;
+	atomic_store_explicit(&relay_st_window, w, memory_order_relaxed);
+}
+
+static void relay_count_up(atomic_ulong *counter)
+{
+	atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+}
+
+/* A blocking epoll_wait(); tests can see that the thread is in it. */
+static int relay_sleep(struct epoll_event *evs, int timeout)
+{
+	int n;
+
+	atomic_store_explicit(&relay_st_sleeping, timeout != 0, memory_order_relaxed);
+	n = epoll_wait(relay_epfd, evs, MAX_EVENTS, timeout);
+	atomic_store_explicit(&relay_st_sleeping, false, memory_order_relaxed);
+	return n;
+}
+
+/*
+ * epoll_wait() for the relay loop.  After a batch that forwarded data
+ * (`armed`) it first polls without sleeping for the current spin window,
+ * then blocks; either way the wait's length adapts the window.  A deadline
+ * (`timeout`, ms) slips by at most one window (below a millisecond).
+ */
+static int relay_wait(struct epoll_event *evs, int timeout, bool armed)
+{
+	long max_ns = atomic_load_explicit(&relay_spin_max_ns, memory_order_relaxed);
+	long t0, t1, window;
+	bool probe = false;
+	int n;
+
+	if (max_ns != relay_spin_seen) {
+		relay_spin_seen = max_ns;
+		relay_spin_set_window(max_ns > 0 ? max_ns : 0); /* start optimistic */
+	}
+	if (!armed || max_ns <= 0 || timeout == 0)
+		return relay_sleep(evs, timeout);
+
+	relay_count_up(&relay_st_armed);
+	window = relay_spin_window;
+	if (window == 0 && ++relay_spin_skipped >= SPIN_PROBE) {
+		/*
+		 * A blocking wait also counts the wake-up, which may alone exceed
+		 * the bound: now and then spin the full window to find out whether
+		 * spinning would pay off again.
+		 */
+		relay_spin_skipped = 0;
+		probe = true;
+		window = max_ns;
+	}
+	t0 = relay_now_ns();
+	if (window > 0) {
+		long until = t0 + window;
+
+		relay_count_up(&relay_st_spins);
+		do {
+			n = epoll_wait(relay_epfd, evs, MAX_EVENTS, 0);
+			if (n != 0) {
+				if (n > 0) {
+					relay_count_up(&relay_st_hits);
+					relay_spin_set_window(relay_spin_adapt(
+					        window, max_ns, relay_now_ns() - t0, true));
+				}
+				return n;
+			}
+			/*
+			 * The thread we wait for may have been woken onto this very
+			 * CPU (a synchronous wake-up from our send() puts it here):
+			 * let it run now rather than when our time slice ends.
+			 */
+			sched_yield();
+		} while (relay_now_ns() < until);
+	}
+	relay_count_up(&relay_st_blocks);
+	n = relay_sleep(evs, timeout);
+	t1 = relay_now_ns();
+	/* A probe that missed leaves things as they were: no window. */
+	relay_spin_set_window(relay_spin_adapt(probe ? 0 : window, max_ns, t1 - t0, false));
+	return n;
+}
+
+void relay_set_spin_us(long us)
+{
+	if (us < 0)
+		us = 0;
+	atomic_store(&relay_spin_max_ns, (us < SPIN_US_MAX ? us : SPIN_US_MAX) * 1000L);
+}
+
+void relay_get_spin_stats(struct relay_spin_stats *st)
+{
+	st->armed = atomic_load_explicit(&relay_st_armed, memory_order_relaxed);
+	st->spins = atomic_load_explicit(&relay_st_spins, memory_order_relaxed);
+	st->hits = atomic_load_explicit(&relay_st_hits, memory_order_relaxed);
+	st->blocks = atomic_load_explicit(&relay_st_blocks, memory_order_relaxed);
+	st->window_ns = atomic_load_explicit(&relay_st_window, memory_order_relaxed);
+	st->bound_ns = atomic_load_explicit(&relay_spin_max_ns, memory_order_relaxed);
+	st->sleeping = atomic_load_explicit(&relay_st_sleeping, memory_order_relaxed);
+}
+
 static void *relay_main(void *arg)
 {
 	struct epoll_event evs[MAX_EVENTS];
 	long deadline = 0;
 	int timeout = -1;
+	bool armed = false;
 
 	(void)arg;
 	for (;;) {
 		bool exiting;
 		int n, i;
 
-		n = epoll_wait(relay_epfd, evs, MAX_EVENTS, timeout);
+		n = relay_wait(evs, timeout, armed);
 		if (n < 0 && errno != EINTR)
 			break;
 		/*
@@ -747,6 +1076,7 @@ static void *relay_main(void *arg)
 		exiting = relay_exiting;
 		pthread_mutex_unlock(&relay_lock);
 
+		relay_moved = 0;
 		for (i = 0; i < n; i++) {
 			struct side *s = evs[i].data.ptr;
 
@@ -764,6 +1094,12 @@ static void *relay_main(void *arg)
 			else
 				pump(s->c, 0, evs[i].events);
 		}
+		/*
+		 * Spin only after interactive traffic: a bulk transfer has its
+		 * next data queued already or waits for a peer that is busy
+		 * producing it, and a spinning relay would only take its CPU.
+		 */
+		armed = relay_moved > 0 && relay_moved <= SPIN_ARM_MAX;
 
 		timeout = expire_handshakes();
 		if (exiting) {
@@ -839,6 +1175,10 @@ static int relay_start_locked(void)
 	relay_epfd = epfd;
 	relay_wakefd = wfd;
 	relay_exiting = relay_stopped = false;
+	if (atomic_load(&relay_spin_max_ns) < 0)
+		atomic_store(
+		        &relay_spin_max_ns,
+		        relay_spin_bound(secure_getenv("TLSSHIM_RELAY_SPIN_US"), relay_ncpu()));
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -861,10 +1201,20 @@ err:
 	return -1;
 }
 
+void relay_size_pair(int program_fd)
+{
+	int size = RELAY_PAIR_SNDBUF;
+
+	/* The kernel doubles the value and caps it at net.core.wmem_max. */
+	if (real.setsockopt(program_fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)) != 0)
+		log_debug("socketpair SO_SNDBUF not set");
+}
+
 int relay_add(const struct relay_spec *spec)
 {
 	struct relay_conn *c = calloc(1, sizeof(*c));
 	struct epoll_event ev;
+	BIO *wbio;
 
 	if (c == NULL) {
 		errno = ENOMEM;
@@ -895,9 +1245,14 @@ int relay_add(const struct relay_spec *spec)
 	c->app_mask = c->server ? 0 : EPOLLIN | EPOLLOUT;
 	c->net_mask = EPOLLIN;
 
+	/* MSG_PEEK then advances an offset, so a peek never returns a byte twice. */
+	c->app_peek =
+	        real.setsockopt(c->app_fd, SOL_SOCKET, SO_PEEK_OFF, &(int){0}, sizeof(int)) == 0;
+	wbio = wbio_new(c->net_fd);
 	pthread_mutex_lock(&relay_lock);
 	if (relay_start_locked() != 0) {
 		pthread_mutex_unlock(&relay_lock);
+		BIO_free(wbio);
 		free(c);
 		return -1;
 	}
@@ -919,6 +1274,8 @@ int relay_add(const struct relay_spec *spec)
 	 * The relay thread cannot look at `c` before relay_lock is released.
 	 */
 	SSL_set_read_ahead(c->ssl, 1);
+	if (wbio != NULL)
+		SSL_set0_wbio(c->ssl, wbio);
 	BIO_set_callback_arg(SSL_get_rbio(c->ssl), (char *)c);
 	BIO_set_callback_ex(SSL_get_rbio(c->ssl), net_bio_cb);
 	c->next = relay_conns;
@@ -936,6 +1293,7 @@ int relay_add(const struct relay_spec *spec)
 	return 0;
 err:
 	pthread_mutex_unlock(&relay_lock);
+	BIO_free(wbio);
 	free(c);
 	return -1;
 }

@@ -44,6 +44,17 @@ struct relay_spec {
 int relay_add(const struct relay_spec *spec) TLSSHIM_WUR;
 
 /*
+ * Sizes the program's end of a new socketpair, before it is handed out:
+ * room for RELAY_PAIR_SNDBUF bytes of what the program writes, so that a
+ * bulk writer blocks (and is woken) once per that many bytes rather than
+ * once per 200 KiB or so (a TCP socket would let it buffer up to
+ * net.ipv4.tcp_wmem's maximum, 4 MiB by default).  Kernel memory, and only
+ * while the data waits for the relay.  Best effort: failure changes nothing.
+ */
+#define RELAY_PAIR_SNDBUF (1024 * 1024)
+void relay_size_pair(int program_fd);
+
+/*
  * Fork handling.  In the child the relay thread does not exist: its state is
  * forgotten (not freed: another thread may have held OpenSSL locks at the
  * fork), and the next relay_add() starts a new thread.
@@ -54,5 +65,38 @@ void relay_atfork_child(void);
 
 /* Number of connections the relay holds (tests, benchmark). */
 long relay_count(void);
+
+/*
+ * Busy-polling (relay.c, relay_wait).  relay_set_spin_us() overrides the
+ * bound that TLSSHIM_RELAY_SPIN_US and the CPU count would give (tests; 0
+ * disables); the thread picks it up at its next wait and starts with the
+ * full window.  relay_get_spin_stats() reads the counters, which only grow.
+ */
+struct relay_spin_stats {
+	unsigned long armed;  /* waits after a batch that forwarded 1..4096 bytes */
+	unsigned long spins;  /* of those, waits that polled first */
+	unsigned long hits;   /* spins that found an event */
+	unsigned long blocks; /* armed waits that went on to sleep */
+	long window_ns;       /* the current window */
+	long bound_ns;        /* its upper bound (-1 before the thread started) */
+	bool sleeping;        /* the thread is in a blocking epoll_wait() now */
+};
+void relay_set_spin_us(long us);
+void relay_get_spin_stats(struct relay_spin_stats *st);
+
+/*
+ * The next spin window after a wait of `waited_ns` that spinning ended
+ * (`hit`) or that blocked: kept after a hit; grown to cover a short blocked
+ * wait with a margin; halved (to 0 below 5 us) after a wait longer than
+ * `max_ns`.  Never above `max_ns`; 0 when `max_ns` is 0.
+ */
+long relay_spin_adapt(long window_ns, long max_ns, long waited_ns, bool hit);
+
+/*
+ * The bound, in ns, from the TLSSHIM_RELAY_SPIN_US setting (microseconds,
+ * 0 disables; NULL, empty or not a number: the default, 50; at most 1000)
+ * and the number of CPUs the process may use: 0 with fewer than two.
+ */
+long relay_spin_bound(const char *setting, long ncpu);
 
 #endif

@@ -266,6 +266,7 @@ static int hand_to_relay(int fd, int tcp, SSL *ssl, const struct sock_id *id, in
 	if (fcntl(spec.app_fd, F_SETFL, O_NONBLOCK) != 0 || fstat(sv[0], &st) != 0)
 		goto err;
 	copy_timeouts(tcp, sv[0]);
+	relay_size_pair(sv[0]);
 
 	info.domain = id->domain;
 	info.protocol = id->protocol;
@@ -578,6 +579,7 @@ static int hand_inbound(int tcp, SSL_CTX *ctx, const struct conf_inbound *in,
 	if (spec.app_fd < 0 || fcntl(spec.app_fd, F_SETFL, O_NONBLOCK) != 0 ||
 	    fstat(sv[0], &st) != 0)
 		goto err;
+	relay_size_pair(sv[0]);
 	info.domain = local->ss_family;
 	info.protocol = IPPROTO_TCP;
 	info.tcp_fd = tcp;

@@ -287,4 +287,186 @@ TEST(Relay, ManyConnectionsAtOnce)
 	EXPECT_TRUE(relay_settles_at(0));
 }
 
+// --- busy-polling and the interactive (peek) path --------------------------
+
+TEST(RelaySpin, WindowAdaptsToTheWaitsItSees)
+{
+	const long us = 1000, max = 50 * us;
+	struct Case {
+		const char *what;
+		long window, max, waited;
+		bool hit;
+		long want;
+	} cases[] = {
+	        {"disabled stays disabled", 20 * us, 0, 10 * us, false, 0},
+	        {"disabled even after a hit", 20 * us, 0, 10 * us, true, 0},
+	        {"a hit keeps the window", 20 * us, max, 3 * us, true, 20 * us},
+	        {"a hit never exceeds the bound", 80 * us, max, 3 * us, true, max},
+	        {"a short wait grows it by half the wait", 0, max, 10 * us, false, 15 * us},
+	        {"growth at least doubles", 20 * us, max, 22 * us, false, 40 * us},
+	        {"growth stops at the bound", 40 * us, max, 45 * us, false, max},
+	        {"a wait at the bound still counts as short", 0, max, max, false, max},
+	        {"a tiny wait gives the minimum", 0, max, 1 * us, false, 5 * us},
+	        {"a long wait halves it", max, max, 1000 * us, false, 25 * us},
+	        {"halving below the minimum stops spinning", 8 * us, max, 1000 * us, false, 0},
+	        {"no window and long waits: none", 0, max, 1000 * us, false, 0},
+	        {"just over the bound is long", 40 * us, max, max + 1, false, 20 * us},
+	};
+	for (const Case &c : cases)
+		EXPECT_EQ(relay_spin_adapt(c.window, c.max, c.waited, c.hit), c.want) << c.what;
+}
+
+TEST(RelaySpin, IdleWaitsBackOffToNoSpinningAndShortOnesComeBack)
+{
+	const long max = 50000;
+	long w = max, prev = max;
+	int steps = 0;
+	while (w > 0 && steps < 64) {
+		w = relay_spin_adapt(w, max, 10 * max, false);
+		EXPECT_LT(w, prev);
+		prev = w;
+		steps++;
+	}
+	EXPECT_EQ(w, 0);
+	EXPECT_LE(steps, 5); /* 50 -> 25 -> 12 -> 6 -> 0 us */
+	for (int i = 0; i < 8 && w < max; i++)
+		w = relay_spin_adapt(w, max, 20000, false);
+	EXPECT_EQ(w, max);
+}
+
+TEST(RelaySpin, BoundFromSettingAndCpus)
+{
+	struct Case {
+		const char *setting;
+		long ncpu, want;
+	} cases[] = {
+	        {nullptr, 2, 50000}, {"", 8, 50000},       {"100", 2, 100000},
+	        {"0", 2, 0},         {"5000", 2, 1000000}, {"-3", 2, 50000},
+	        {"12us", 2, 50000},  {"abc", 2, 50000},    {"99999999999999999999", 2, 50000},
+	        {nullptr, 1, 0},     {"100", 1, 0},        {"100", 0, 0},
+	};
+	for (const Case &c : cases)
+		EXPECT_EQ(relay_spin_bound(c.setting, c.ncpu), c.want)
+		        << (c.setting ? c.setting : "(unset)") << " with " << c.ncpu << " CPUs";
+}
+
+// Waits (bounded) until `pred` holds for the relay's counters.
+template <typename Pred> bool spin_stats_reach(Pred pred)
+{
+	auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+	struct relay_spin_stats st;
+	while (std::chrono::steady_clock::now() < until) {
+		relay_get_spin_stats(&st);
+		if (pred(st))
+			return true;
+		std::this_thread::sleep_for(std::chrono::milliseconds(2));
+	}
+	return false;
+}
+
+// One request/response of `len` patterned bytes starting at stream offset
+// `*off`; true when the echo came back whole and in order.
+bool exchange(int fd, size_t len, size_t *off)
+{
+	std::vector<unsigned char> out(len), in(len);
+	for (size_t i = 0; i < len; i++)
+		out[i] = pattern(*off + i);
+	size_t sent = 0;
+	std::thread writer([&] {
+		while (sent < len) {
+			ssize_t n = write(fd, out.data() + sent, len - sent);
+			if (n <= 0)
+				break;
+			sent += static_cast<size_t>(n);
+		}
+	});
+	size_t got = read_n(fd, in.data(), len);
+	writer.join();
+	*off += len;
+	return got == len && in == out;
+}
+
+Wrapped wrap_echo()
+{
+	return wrap([](SSL *ssl) {
+		char buf[16384];
+		int n;
+		while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0)
+			if (SSL_write(ssl, buf, n) != n)
+				break;
+		SSL_shutdown(ssl);
+	});
+}
+
+TEST(RelaySpin, SpinningAndPeekingKeepEveryByteInOrder)
+{
+	Wrapped w = wrap_echo();
+	struct relay_spin_stats before, after;
+	relay_get_spin_stats(&before);
+	const long bound = before.bound_ns;
+	// Forced on, whatever the CPU count, with a window long enough to hit.
+	relay_set_spin_us(1000);
+	// Around the interactive (peeked) size, one record, several records,
+	// more than one read's worth; small after large and large after small.
+	const size_t sizes[] = {1,     64,    4095,  4096, 4097,   100, 16384,
+	                        16385, 65536, 65537, 3,    200000, 7,   4096};
+	size_t off = 0;
+	for (int round = 0; round < 20; round++)
+		for (size_t len : sizes)
+			ASSERT_TRUE(exchange(w.app, len, &off))
+			        << "round " << round << " len " << len;
+	// Pipelined small writes: later ones arrive while earlier ones are peeked.
+	std::string burst;
+	for (int i = 0; i < 500; i++)
+		burst += "msg " + std::to_string(i) + ";";
+	ASSERT_EQ(write(w.app, burst.data(), burst.size()), static_cast<ssize_t>(burst.size()));
+	std::vector<unsigned char> back(burst.size());
+	ASSERT_EQ(read_n(w.app, back.data(), back.size()), burst.size());
+	EXPECT_EQ(std::string(back.begin(), back.end()), burst);
+
+	relay_get_spin_stats(&after);
+	EXPECT_EQ(after.bound_ns, 1000000);
+	EXPECT_GT(after.armed, before.armed);
+	EXPECT_GT(after.spins, before.spins);
+	EXPECT_LE(after.hits - before.hits, after.spins - before.spins);
+	EXPECT_LE(after.window_ns, after.bound_ns);
+
+	// Idle now: the relay stops polling and sleeps.
+	unsigned long blocks = after.blocks;
+	EXPECT_TRUE(spin_stats_reach(
+	        [&](const struct relay_spin_stats &st) { return st.blocks > blocks; }));
+
+	// Half-close after peeked traffic: EOF reaches the server, comes back.
+	shutdown(w.app, SHUT_WR);
+	EXPECT_TRUE(reads_eof(w.app));
+	close(w.app);
+	EXPECT_TRUE(relay_settles_at(0));
+	relay_set_spin_us(bound / 1000);
+}
+
+TEST(RelaySpin, ZeroDisablesIt)
+{
+	Wrapped w = wrap_echo();
+	struct relay_spin_stats was;
+	relay_get_spin_stats(&was);
+	relay_set_spin_us(0);
+	size_t off = 0;
+	// The first exchange makes the thread pass through a wait that sees 0.
+	ASSERT_TRUE(exchange(w.app, 64, &off));
+	struct relay_spin_stats before, after;
+	relay_get_spin_stats(&before);
+	for (int i = 0; i < 50; i++)
+		ASSERT_TRUE(exchange(w.app, 64, &off));
+	relay_get_spin_stats(&after);
+	EXPECT_EQ(after.bound_ns, 0);
+	EXPECT_EQ(after.armed, before.armed);
+	EXPECT_EQ(after.spins, before.spins);
+	EXPECT_EQ(after.window_ns, 0);
+	shutdown(w.app, SHUT_WR);
+	EXPECT_TRUE(reads_eof(w.app));
+	close(w.app);
+	EXPECT_TRUE(relay_settles_at(0));
+	relay_set_spin_us(was.bound_ns / 1000);
+}
+
 } // namespace
