@@ -68,6 +68,7 @@ UNIT_DEPS_tlsio := tlsio ocsp staple log fdreg real conf names
 UNIT_DEPS_policy := policy conf names tlsio ocsp staple log fdreg real
 UNIT_DEPS_relay := relay log conf names fdreg real tlsio ocsp staple
 UNIT_DEPS_ocsp := ocsp staple tlsio log conf names fdreg real
+UNIT_DEPS_staple := staple ocsp tlsio log conf names fdreg real
 UNIT_TESTS := $(patsubst tests/unit/%_test.cc,%,$(wildcard tests/unit/*_test.cc))
 UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/tests/%_test)
 

@@ -34,6 +34,7 @@
 #define DEFAULT_REPEAT_WINDOW_MS      10000
 #define DEFAULT_OCSP_SKEW_S           300
 #define DEFAULT_OCSP_FETCH_TIMEOUT_MS 3000
+#define DEFAULT_RELAY_SPIN_US         50
 #define DEFAULT_CONFIG_FILE           "/etc/tlsshim/tlsshim.conf"
 #define TLS12                         0x0303
 #define TLS13                         0x0304
@@ -128,6 +129,25 @@ static int parse_protocol(const char *text, int *out)
 		*out = TLS13;
 	else
 		return -1;
+	return 0;
+}
+
+/* Microseconds, 0 to 1000, digits only. */
+static int parse_spin_us(const char *text, int *out)
+{
+	long v = 0;
+	const char *p;
+
+	if (*text == '\0' || strlen(text) > 4)
+		return -1;
+	for (p = text; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		v = v * 10 + (*p - '0');
+	}
+	if (v > 1000)
+		return -1;
+	*out = (int)v;
 	return 0;
 }
 
@@ -559,6 +579,10 @@ static void global_key(struct loader *ld, struct tls_set *set, const char *key, 
 	if (strcmp(key, "handshake_timeout") == 0) {
 		if (conf_parse_seconds(value, &c->handshake_timeout_ms) != 0)
 			fail(ld, "[tlsshim] handshake_timeout = %s: expected seconds, 0.1 to 3600",
+			     value);
+	} else if (strcmp(key, "relay_spin_us") == 0) {
+		if (parse_spin_us(value, &c->relay_spin_us) != 0)
+			fail(ld, "[tlsshim] relay_spin_us = %s: expected microseconds, 0 to 1000",
 			     value);
 	} else if (strcmp(key, "rules") == 0) {
 		*rules_section = value;
@@ -1047,6 +1071,9 @@ static void load_env(struct loader *ld)
 	if ((v = conf_env("TLSSHIM_LOG_IDENT")) != NULL &&
 	    parse_ident(v, c->log_ident, sizeof(c->log_ident)) != 0)
 		fail(ld, "invalid TLSSHIM_LOG_IDENT=\"%.200s\"", v);
+	if ((v = conf_env("TLSSHIM_RELAY_SPIN_US")) != NULL &&
+	    parse_spin_us(v, &c->relay_spin_us) != 0)
+		fail(ld, "invalid TLSSHIM_RELAY_SPIN_US=\"%.200s\" (microseconds, 0 to 1000)", v);
 	if ((v = conf_env("TLSSHIM_HANDSHAKE_TIMEOUT")) != NULL &&
 	    conf_parse_seconds(v, &c->handshake_timeout_ms) != 0)
 		fail(ld, "invalid TLSSHIM_HANDSHAKE_TIMEOUT=\"%.200s\" (seconds, 0.1 to 3600)", v);
@@ -1069,6 +1096,7 @@ int conf_load(struct shim_conf *c, const char *file)
 	memset(c, 0, sizeof(*c));
 	c->usable = true;
 	c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
+	c->relay_spin_us = DEFAULT_RELAY_SPIN_US;
 	c->tls.min_protocol = TLS12;
 	c->tls.ocsp = OCSP_PREFER;
 	c->inbound_dft.action = ACTION_TLS;

@@ -104,13 +104,14 @@ struct shim_conf {
 	const char *ca_file;             /* = tls.ca_file (kept for brevity) */
 	const char *ca_dir;              /* = tls.ca_dir */
 	int handshake_timeout_ms;        /* bounds TCP connect + TLS handshake */
-	bool log_stderr;                 /* copy each log line to standard error */
-	bool log_success;                /* also log every successful connection (audit) */
-	char log_socket[108];            /* syslog datagram socket, default /dev/log */
-	int log_facility;                /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
-	char log_ident[33];              /* syslog tag, default "tlsshim" */
-	int log_repeat_window_ms;        /* identical failures folded within this window */
-	bool debug;                      /* debug chatter on standard error */
+	int relay_spin_us;        /* relay busy-poll bound after small messages, 0..1000 us */
+	bool log_stderr;          /* copy each log line to standard error */
+	bool log_success;         /* also log every successful connection (audit) */
+	char log_socket[108];     /* syslog datagram socket, default /dev/log */
+	int log_facility;         /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
+	char log_ident[33];       /* syslog tag, default "tlsshim" */
+	int log_repeat_window_ms; /* identical failures folded within this window */
+	bool debug;               /* debug chatter on standard error */
 };
 
 /*

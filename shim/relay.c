@@ -34,8 +34,8 @@
  * The window follows the waits it observes (relay_spin_adapt: it grows when
  * a blocking wait turned out short, halves when a wait was longer than the
  * bound, down to no spinning at all), so an idle or slow connection costs no
- * CPU, and it is never longer than TLSSHIM_RELAY_SPIN_US (default
- * SPIN_US_DEFAULT; 0 disables it).  Never on a machine, or under an affinity
+ * CPU, and it is never longer than relay_spin_us (configuration key, or
+ * TLSSHIM_RELAY_SPIN_US; default 50 us; 0 disables it).  Never on a machine, or under an affinity
  * mask, with a single CPU: there the spinning thread would hold the very CPU
  * the peer needs to answer.  Interactive reads from the program are also
  * peeked before they are consumed (pump_up), to keep a spurious wake-up of
@@ -82,11 +82,10 @@
  * a misconfiguration from burning a CPU on every wait; a window below
  * SPIN_MIN_NS saves nothing and becomes no spinning.
  */
-#define SPIN_US_DEFAULT 50
-#define SPIN_US_MAX     1000
-#define SPIN_MIN_NS     5000L
-#define SPIN_PROBE      16        /* with no window, every 16th armed wait spins */
-#define SPIN_ARM_MAX    PEEK_SIZE /* a batch that moved more is not interactive */
+#define SPIN_US_MAX  1000
+#define SPIN_MIN_NS  5000L
+#define SPIN_PROBE   16        /* with no window, every 16th armed wait spins */
+#define SPIN_ARM_MAX PEEK_SIZE /* a batch that moved more is not interactive */
 
 enum { SIDE_APP = 0, SIDE_NET = 1, SIDE_WAKE = 2 };
 
@@ -916,21 +915,10 @@ long relay_spin_adapt(long window_ns, long max_ns, long waited_ns, bool hit)
 	return want < max_ns ? want : max_ns;
 }
 
-long relay_spin_bound(const char *setting, long ncpu)
+long relay_spin_bound(long spin_us, long ncpu)
 {
-	long us = SPIN_US_DEFAULT;
+	long us = spin_us < 0 ? 0 : spin_us < SPIN_US_MAX ? spin_us : SPIN_US_MAX;
 
-	if (setting != NULL && *setting != '\0') {
-		char *end;
-		long x;
-
-		errno = 0;
-		x = strtol(setting, &end, 10);
-		if (errno == 0 && *end == '\0' && x >= 0)
-			us = x < SPIN_US_MAX ? x : SPIN_US_MAX;
-		else
-			log_debug("TLSSHIM_RELAY_SPIN_US: not a number of microseconds, ignored");
-	}
 	return ncpu < 2 ? 0 : us * 1000L;
 }
 
@@ -1176,9 +1164,8 @@ static int relay_start_locked(void)
 	relay_wakefd = wfd;
 	relay_exiting = relay_stopped = false;
 	if (atomic_load(&relay_spin_max_ns) < 0)
-		atomic_store(
-		        &relay_spin_max_ns,
-		        relay_spin_bound(secure_getenv("TLSSHIM_RELAY_SPIN_US"), relay_ncpu()));
+		atomic_store(&relay_spin_max_ns,
+		             relay_spin_bound(conf_get()->relay_spin_us, relay_ncpu()));
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);

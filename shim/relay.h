@@ -93,10 +93,10 @@ void relay_get_spin_stats(struct relay_spin_stats *st);
 long relay_spin_adapt(long window_ns, long max_ns, long waited_ns, bool hit);
 
 /*
- * The bound, in ns, from the TLSSHIM_RELAY_SPIN_US setting (microseconds,
- * 0 disables; NULL, empty or not a number: the default, 50; at most 1000)
- * and the number of CPUs the process may use: 0 with fewer than two.
+ * The bound, in ns, from the relay_spin_us setting (microseconds, 0
+ * disables, at most 1000; the configuration checked it) and the number of
+ * CPUs the process may use: 0 with fewer than two.
  */
-long relay_spin_bound(const char *setting, long ncpu);
+long relay_spin_bound(long spin_us, long ncpu);
 
 #endif

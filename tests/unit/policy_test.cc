@@ -272,6 +272,23 @@ TEST_F(ConfFile, RulesInheritGlobalSettings)
 	EXPECT_EQ(last_->rules[0].tls.ocsp, OCSP_REQUIRE);
 }
 
+TEST_F(ConfFile, RelaySpinSetting)
+{
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\n"), "");
+	EXPECT_EQ(last_->relay_spin_us, 50) << "the default";
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_spin_us=0\n"), "");
+	EXPECT_EQ(last_->relay_spin_us, 0);
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_spin_us=1000\n"), "");
+	EXPECT_EQ(last_->relay_spin_us, 1000);
+	setenv("TLSSHIM_RELAY_SPIN_US", "200", 1);
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_spin_us=10\n"), "");
+	EXPECT_EQ(last_->relay_spin_us, 200) << "the environment wins";
+	setenv("TLSSHIM_RELAY_SPIN_US", "fast", 1);
+	EXPECT_NE(load("[tlsshim]\nca_file=" + ca() + "\n").find("TLSSHIM_RELAY_SPIN_US"),
+	          std::string::npos);
+	unsetenv("TLSSHIM_RELAY_SPIN_US");
+}
+
 TEST_F(ConfFile, EnvironmentOverridesGlobalKeys)
 {
 	setenv("TLSSHIM_HANDSHAKE_TIMEOUT", "2", 1);
@@ -357,6 +374,10 @@ INSTANTIATE_TEST_SUITE_P(
                 ErrorCase{"malformed pin", rule_hdr + "match=*\naction=tls\npin=sha256//abc\n",
                           "bad pin"},
                 ErrorCase{"bad ocsp", "ocsp=maybe\n", "ocsp = maybe"},
+                ErrorCase{"spin too long", "relay_spin_us=1001\n", "relay_spin_us = 1001"},
+                ErrorCase{"spin not a number", "relay_spin_us=50us\n", "relay_spin_us = 50us"},
+                ErrorCase{"spin negative", "relay_spin_us=-1\n", "relay_spin_us = -1"},
+                ErrorCase{"bad ocsp_fetch", "ocsp_fetch=maybe\n", "ocsp_fetch = maybe"},
                 ErrorCase{"bad protocol", "min_protocol=SSLv3\n", "min_protocol = SSLv3"},
                 ErrorCase{"bad timeout", "handshake_timeout=forever\n", "handshake_timeout"},
                 ErrorCase{"bad cipher string", "ciphers=NOSUCHCIPHER\n", "ciphers = NOSUCHCIPHER"},
