@@ -52,7 +52,9 @@ struct staple_src {
 	time_t next_update; /* 0: none given (file sources) */
 	/* file sources */
 	const char *path;
-	time_t mtime;
+	struct timespec mtime; /* of what was read, with its size and inode */
+	off_t size;
+	ino_t ino;
 	/* fetching sources (fields below are the refresher's, set before it runs) */
 	bool fetch;
 	const char *section;
@@ -90,7 +92,10 @@ static void reload_file(struct staple_src *s)
 	unsigned char *der = NULL;
 	int n;
 
-	if (stat(s->path, &st) != 0 || st.st_mtime == s->mtime)
+	/* Any change: a file rewritten twice within one second, or replaced, too. */
+	if (stat(s->path, &st) != 0 ||
+	    (st.st_mtim.tv_sec == s->mtime.tv_sec && st.st_mtim.tv_nsec == s->mtime.tv_nsec &&
+	     st.st_size == s->size && st.st_ino == s->ino))
 		return;
 	in = BIO_new_file(s->path, "rb");
 	resp = in != NULL ? d2i_OCSP_RESPONSE_bio(in, NULL) : NULL;
@@ -116,7 +121,9 @@ static void reload_file(struct staple_src *s)
 	OCSP_RESPONSE_free(resp);
 	BIO_free(in);
 	ERR_clear_error();
-	s->mtime = st.st_mtime;
+	s->mtime = st.st_mtim;
+	s->size = st.st_size;
+	s->ino = st.st_ino;
 }
 
 static int status_cb(SSL *ssl, void *arg)
@@ -222,7 +229,7 @@ int staple_attach(SSL_CTX *ctx, const struct conf_inbound *in, char *err, size_t
 	}
 	pthread_mutex_init(&s->lock, NULL);
 	s->section = in->section != NULL ? in->section : "tlsshim";
-	s->mtime = (time_t)-1;
+	s->mtime.tv_sec = -1;
 	s->timeout_ms = in->ocsp_fetch_timeout_ms > 0 ? in->ocsp_fetch_timeout_ms : 3000;
 	if (in->ocsp_fetch) {
 		s->fetch = true;
@@ -240,6 +247,7 @@ int staple_attach(SSL_CTX *ctx, const struct conf_inbound *in, char *err, size_t
 	s->next = sources;
 	sources = s;
 	any_fetch = any_fetch || s->fetch;
+	pthread_cond_broadcast(&refresh_cond); /* a running refresher looks at it now */
 	pthread_mutex_unlock(&refresh_lock);
 	return 0;
 }

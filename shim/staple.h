@@ -31,7 +31,8 @@ int staple_attach(SSL_CTX *ctx, const struct conf_inbound *in, char *err,
 
 /*
  * Starts this process's refresher thread when a source needs one and it is
- * not running.  The status callback calls it at each process's first
+ * not running (real_init() must have succeeded: the shim's constructor sees
+ * to it).  The status callback calls it at each process's first
  * handshake (so a server that forks its workers after listen() forks no
  * thread); never blocks on the network.
  */
