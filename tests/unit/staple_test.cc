@@ -1268,6 +1268,9 @@ TEST(StapleFile, SameTimeIsNotReadAgain)
 	Bytes same_size = answer_about(l.leaf, kGood, -30, kDay);
 	Bytes second = answer_about(l.leaf, kRevoked, -60, kDay);
 
+	/* ECDSA signatures vary in length by a byte or two: sign until it fits. */
+	for (int i = 0; i < 200 && same_size.size() != first.size(); i++)
+		same_size = answer_about(l.leaf, kGood, -30, kDay);
 	ASSERT_EQ(first.size(), same_size.size());
 	ASSERT_NE(first, same_size);
 	write_file(l.response_path, as_string(first));
