@@ -306,15 +306,8 @@ struct lookup {
 static pthread_mutex_t lookups_lock = PTHREAD_MUTEX_INITIALIZER;
 static int lookups;
 
-static void lookup_put(struct lookup *l)
+static void lookup_free(struct lookup *l)
 {
-	bool last;
-
-	pthread_mutex_lock(&l->lock);
-	last = --l->refs == 0;
-	pthread_mutex_unlock(&l->lock);
-	if (!last)
-		return;
 	if (l->result != NULL)
 		freeaddrinfo(l->result); /* the caller gave up on it */
 	net.release(l->done_fd);
@@ -325,6 +318,23 @@ static void lookup_put(struct lookup *l)
 	pthread_mutex_unlock(&lookups_lock);
 }
 
+/* The caller lets go. */
+static void lookup_put(struct lookup *l)
+{
+	bool last;
+
+	pthread_mutex_lock(&l->lock);
+	last = --l->refs == 0;
+	pthread_mutex_unlock(&l->lock);
+	if (last)
+		lookup_free(l);
+}
+
+/*
+ * The thread lets go before it says it is done, so that a caller who sees
+ * the answer is always the last holder (and frees everything before
+ * ocsp_fetch() returns); a caller who already gave up left it to the thread.
+ */
 static void *lookup_main(void *arg)
 {
 	struct lookup *l = arg;
@@ -332,16 +342,19 @@ static void *lookup_main(void *arg)
 	struct addrinfo *res = NULL;
 	uint64_t one = 1;
 	int rc = net.getaddrinfo(l->host, l->port, &hints, &res);
+	bool last;
 
 	pthread_mutex_lock(&l->lock);
 	l->rc = rc;
 	l->result = rc == 0 ? res : NULL;
 	l->done = true;
-	pthread_mutex_unlock(&l->lock);
-	if (write(l->done_fd, &one, sizeof(one)) < 0) {
+	last = --l->refs == 0;
+	if (!last && write(l->done_fd, &one, sizeof(one)) < 0) {
 		/* cannot happen on an eventfd below its maximum; the caller times out */
 	}
-	lookup_put(l);
+	pthread_mutex_unlock(&l->lock);
+	if (last)
+		lookup_free(l);
 	return NULL;
 }
 
