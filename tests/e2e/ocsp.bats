@@ -1089,6 +1089,57 @@ EOF
 
 # --- nginx ssl_stapling -----------------------------------------------------------
 
+@test "nginx ssl_stapling with its own responder fetch (ssl_stapling_responder): accepted once nginx staples" {
+  command -v nginx >/dev/null || skip "nginx is not installed"
+  netns_start
+  aia_responder
+  local dir=$BATS_TEST_TMPDIR/nginx-live conf
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log notice;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  default_type text/plain;
+  server {
+    listen 127.0.0.1:$port ssl;
+    ssl_certificate $OCSP/good.pem;
+    ssl_certificate_key $OCSP/good.key;
+    ssl_stapling on;
+    ssl_stapling_verify on;
+    ssl_stapling_responder http://127.0.0.1:$AIA_PORT/;
+    ssl_trusted_certificate $CERTS/ca.pem;
+    location / { return 200 "tlsshim-e2e ok\n"; }
+  }
+}
+EOF
+  start_bg nginx-live nsenter -t "$NS" -n -- nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+  in_ns "$WAITFOR" -t 10 listen "$port" || {
+    cat "$dir/error.log" >&2
+    return 1
+  }
+  conf=$(ocsp_conf c 'ocsp = require')
+  # nginx asks its responder at its first handshake and staples from the
+  # next one on: under require, the shim's client is refused until then.
+  "$WAITFOR" -t 15 cmd -- nsenter -t "$NS" -n -- env LD_PRELOAD="$TLSSHIM_LIB" \
+    TLSSHIM_CONFIG="$conf" curl -sfS -o /dev/null "http://127.0.0.1:$port/" || {
+    cat "$dir/error.log" "$BATS_TEST_TMPDIR/aia-responder.err" >&2
+    false
+  }
+  ns_fetch "$conf"
+  accepted good "tlsshim-e2e ok"
+  [[ $(aia_requests) -ge 1 ]]
+}
+
 @test "nginx ssl_stapling_file x good: accepted, ocsp=good" {
   start_nginx_with "$port" "$OCSP/good.pem" "$OCSP/good.key" \
     "ssl_stapling on;" "ssl_stapling_file $OCSP/good.der;"
