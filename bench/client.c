@@ -20,6 +20,9 @@
  *                       memory per connection from this process's RSS (and
  *                       the proportional set size of --watch PID and its
  *                       children: stunnel, socat)
+ *   many N SECONDS SIZE N connections at once, a thread each, SIZE-byte
+ *                       echo round trips for SECONDS: requests per second
+ *                       in all, CPU per request (this process and --watch's)
  *   files COUNT         COUNT 4 KiB file writes (no socket at all)
  * Every loop is bounded in count and in time.
  */
@@ -34,6 +37,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -510,6 +514,114 @@ static int mode_files(long count, const char *path)
 	return 0;
 }
 
+/* --- many: concurrent interactive connections -------------------------------- */
+
+struct many_arg {
+	struct conn c;
+	size_t size;
+	double deadline;
+	long reqs;
+	int failed;
+	pthread_barrier_t *start;
+};
+
+static void *many_main(void *p)
+{
+	struct many_arg *a = p;
+	unsigned char *buf = malloc(a->size);
+
+	if (buf == NULL) {
+		a->failed = 1;
+		return NULL;
+	}
+	memset(buf, 'm', a->size);
+	pthread_barrier_wait(a->start);
+	while (bench_now() < a->deadline) {
+		if (conn_write_all(&a->c, buf, a->size) != 0 ||
+		    conn_read_exact(&a->c, buf, a->size) != 0) {
+			a->failed = 1;
+			break;
+		}
+		a->reqs++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Threads of this process, from /proc/self/task. */
+static long count_tasks(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	long n = 0;
+
+	if (d == NULL)
+		return -1;
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+/*
+ * N connections, each with its own thread doing SIZE-byte echo round trips
+ * in a closed loop for SECONDS, all at once: a busy server-side program's
+ * many clients, or a worker pool.  Requests per second over all of them,
+ * and the CPU (this process plus --watch's) per request.
+ */
+static int mode_many(long n, double seconds, size_t size)
+{
+	struct many_arg *a = calloc((size_t)n, sizeof(*a));
+	pthread_t *th = calloc((size_t)n, sizeof(*th));
+	pthread_barrier_t start;
+	double cpu0, hcpu0, t0, t1;
+	long i, reqs = 0, failed = 0, extra;
+
+	if (a == NULL || th == NULL || n < 1 || size < 1 || size > (1 << 20))
+		die("many: arguments");
+	raise_nofile(3 * n + 1024);
+	for (i = 0; i < n; i++)
+		if (conn_open(&a[i].c) != 0 || echo_start(&a[i].c) != 0)
+			die("many: connection");
+	if (pthread_barrier_init(&start, NULL, (unsigned)n + 1) != 0)
+		die("barrier");
+	for (i = 0; i < n; i++) {
+		a[i].size = size;
+		a[i].start = &start;
+		a[i].deadline = 1e300;
+		if (pthread_create(&th[i], NULL, many_main, &a[i]) != 0)
+			die("thread");
+	}
+	/* Threads besides the program's own: tlsshim's relay threads. */
+	extra = count_tasks() - (n + 1);
+	cpu0 = cpu_self();
+	hcpu0 = cpu_of(watch);
+	t0 = bench_now();
+	for (i = 0; i < n; i++)
+		a[i].deadline = t0 + seconds;
+	pthread_barrier_wait(&start);
+	for (i = 0; i < n; i++) {
+		pthread_join(th[i], NULL);
+		reqs += a[i].reqs;
+		failed += a[i].failed;
+	}
+	t1 = bench_now();
+	if (failed > 0)
+		die("many: a connection failed");
+	printf("rps=%.1f MBps=%.1f cpu_us_per_req=%.2f reqs=%ld conns=%ld size=%zu "
+	       "other_threads=%ld\n",
+	       (double)reqs / (t1 - t0), (double)reqs * (double)size * 2 / (t1 - t0) / 1e6,
+	       (cpu_self() - cpu0 + cpu_of(watch) - hcpu0) * 1e6 / (double)(reqs ? reqs : 1), reqs,
+	       n, size, extra);
+	for (i = 0; i < n; i++)
+		conn_close(&a[i].c);
+	pthread_barrier_destroy(&start);
+	free(a);
+	free(th);
+	return 0;
+}
+
 static SSL_CTX *make_ctx(const char *ca)
 {
 	SSL_CTX *c = SSL_CTX_new(TLS_client_method());
@@ -532,7 +644,7 @@ static void usage(const char *argv0)
 	fprintf(stderr,
 	        "usage: %s [--tls CA] [--resume] --port P [--watch PID] MODE ARGS\n"
 	        "modes: up BYTES | down BYTES | rtt COUNT SECONDS | conns SECONDS MAX |\n"
-	        "       idle N | files COUNT PATH\n",
+	        "       idle N | many N SECONDS SIZE | files COUNT PATH\n",
 	        argv0);
 	exit(2);
 }
@@ -569,6 +681,9 @@ int main(int argc, char **argv)
 		return mode_conns(strtod(argv[i], NULL), strtol(argv[i + 1], NULL, 10));
 	if (strcmp(mode, "idle") == 0 && i + 1 == argc)
 		return mode_idle(strtol(argv[i], NULL, 10));
+	if (strcmp(mode, "many") == 0 && i + 3 == argc)
+		return mode_many(strtol(argv[i], NULL, 10), strtod(argv[i + 1], NULL),
+		                 strtoul(argv[i + 2], NULL, 10));
 	if (strcmp(mode, "files") == 0 && i + 2 == argc)
 		return mode_files(strtol(argv[i], NULL, 10), argv[i + 1]);
 	usage(argv[0]);

@@ -14,7 +14,8 @@
 #   BENCH_BYTES=N        bulk transfer size (default 1 GiB; e.g. 268435456)
 #   BENCH_REPS=N         repetitions of the timed workloads (default 3)
 #   BENCH_IDLE="1000 10000"  idle connection counts
-#   BENCH_ONLY="up down rtt conns resume idle files callgrind"  a subset
+#   BENCH_MANY=N         concurrent busy connections (default 256)
+#   BENCH_ONLY="up down rtt conns resume many idle files callgrind"  a subset
 #   BENCH_CG_BYTES=N     bytes moved under callgrind (default 64 MiB)
 #   BUILD=dir            where libtlsshim.so is (default build)
 # Everything runs on 127.0.0.1 and every step is bounded in time.
@@ -28,7 +29,8 @@ lib=$BUILD/libtlsshim.so
 BYTES=${BENCH_BYTES:-1073741824}
 REPS=${BENCH_REPS:-3}
 IDLE=${BENCH_IDLE:-1000 10000}
-ONLY=${BENCH_ONLY:-up down rtt conns resume idle files callgrind}
+MANY=${BENCH_MANY:-256}
+ONLY=${BENCH_ONLY:-up down rtt conns resume many idle files callgrind}
 CG_BYTES=${BENCH_CG_BYTES:-67108864}
 results=$out/results.txt
 step_timeout=400
@@ -150,6 +152,8 @@ run_one() {
 	inproc) cmd=("$client" --tls "$ca" --port "$TLS_PORT") ;;
 	inproc-resume) cmd=("$client" --tls "$ca" --resume --port "$TLS_PORT") ;;
 	tlsshim) cmd=(env TLSSHIM_CA_FILE="$ca" LD_PRELOAD="$lib" "$client" --port "$TLS_PORT") ;;
+	tlsshim-1t) cmd=(env TLSSHIM_CA_FILE="$ca" TLSSHIM_RELAY_THREADS=1 LD_PRELOAD="$lib" "$client"
+		--port "$TLS_PORT") ;;
 	noshim) cmd=("$client" --port "$PLAIN_PORT") ;;
 	stunnel) cmd=("$client" --port "$STUNNEL_PORT") ;;
 	stunnel-noresume) cmd=("$client" --port "$STUNNEL_NR_PORT") ;;
@@ -205,6 +209,10 @@ want conns && interleave conns "$REPS" plaintext inproc tlsshim stunnel-noresume
 	conns 2 20000
 want resume && interleave resume "$REPS" plaintext inproc-resume tlsshim stunnel socat -- \
 	conns 2 20000
+# Many connections busy at once (1 KiB echoes, a thread each): where more
+# than one relay thread can matter; tlsshim-1t is tlsshim held to one.
+want many && interleave many "$REPS" plaintext inproc tlsshim stunnel socat tlsshim-1t -- \
+	many "$MANY" 3 1024
 if want idle; then
 	for n in $IDLE; do
 		if [ "$n" -le 2000 ]; then

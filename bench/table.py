@@ -40,7 +40,18 @@ ROWS = [
      ["plaintext", "inproc", "tlsshim", "stunnel-noresume", "socat"], False),
     ("resume", "new conn/s, resumption [1]", "cps",
      ["plaintext", "inproc-resume", "tlsshim", "stunnel", "socat"], False),
+    ("many", "{many} busy conns, 1 KiB req/s", "rps",
+     ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], False),
+    ("many", "  same, one relay thread [6]", "rps", ["-", "inproc", "tlsshim-1t", "-", "-"], False),
+    ("many", "  CPU us per request [5]", "cpu_us_per_req",
+     ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True),
+    ("many", "  same, one relay thread [6]", "cpu_us_per_req", ["-", "inproc", "tlsshim-1t", "-", "-"], True),
 ]
+many_n = [r.get("conns") for r in runs.get(("many", "inproc"), []) if "conns" in r]
+relay_threads = [r.get("other_threads") for r in runs.get(("many", "tlsshim"), []) if "other_threads" in r]
+for i, row in enumerate(ROWS):
+    if "{many}" in row[1]:
+        ROWS[i] = (row[0], row[1].replace("{many}", f"{int(many_n[0]):,}" if many_n else "N"), *row[2:])
 for wl in sorted({k[0] for k in runs if k[0].startswith("idle")}, key=lambda w: int(w[4:])):
     n = int(wl[4:])
     ROWS.append((wl, f"{n:,} idle conns, KiB/conn [2]", "KiB_per_conn",
@@ -88,9 +99,13 @@ for wl, label, key, who, lower in ROWS:
             cells.append(fmt(v))
     lines.append(f"{label:<{w0}}" + "".join(f"{c:>{w}}" for c in cells))
 
-    shim, st = med(wl, "tlsshim", key), med(wl, who[3], key)
+    shim, st = med(wl, who[2], key), med(wl, who[3], key)
     if shim is None:
         continue
+    if wl == "many" and who[2] == "tlsshim-1t" and key == "rps" and shim:
+        more = med(wl, "tlsshim", key)
+        checks.append(("many conns: relay threads not slower than one", more / shim >= 0.95,
+                       f"{more / shim:.2f}x with {relay_threads[0] if relay_threads else '?'} relay threads"))
     if wl in ("up", "down") and key == "MBps" and ref and st:
         checks.append((f"bulk {wl}: tlsshim >= 0.8x in-process", shim / ref >= 0.8, f"{shim / ref:.2f}x"))
         checks.append((f"bulk {wl}: tlsshim >= 1.5x stunnel", shim / st >= 1.5, f"{shim / st:.2f}x"))
@@ -137,6 +152,8 @@ lines.append("[4] all threads of the client process (the relay thread too), whol
 lines.append("[5] CPU time of the client process (all threads: tlsshim's relay too) plus stunnel's")
 lines.append("    or socat's, per GiB moved; the server's is not counted.  Less sensitive to other")
 lines.append("    load on the machine than the MB/s figures.")
+lines.append("[6] the same tlsshim run with TLSSHIM_RELAY_THREADS=1 (the default starts another relay")
+lines.append("    thread per 64 connections, up to the CPUs, at most 4).")
 if meta:
     lines.append("machine: " + "; ".join(f"{k} {v}" for k, v in meta.items()))
 lines.append("")

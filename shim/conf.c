@@ -151,6 +151,19 @@ static int parse_spin_us(const char *text, int *out)
 	return 0;
 }
 
+/* relay_threads: `auto` (0) or 1 to 4. */
+static int parse_relay_threads(const char *text, int *out)
+{
+	if (strcasecmp(text, "auto") == 0) {
+		*out = 0;
+		return 0;
+	}
+	if (text[0] < '1' || text[0] > '4' || text[1] != '\0')
+		return -1;
+	*out = text[0] - '0';
+	return 0;
+}
+
 static int parse_ocsp(const char *text, enum conf_ocsp *out)
 {
 	if (strcasecmp(text, "prefer") == 0)
@@ -584,6 +597,9 @@ static void global_key(struct loader *ld, struct tls_set *set, const char *key, 
 		if (parse_spin_us(value, &c->relay_spin_us) != 0)
 			fail(ld, "[tlsshim] relay_spin_us = %s: expected microseconds, 0 to 1000",
 			     value);
+	} else if (strcmp(key, "relay_threads") == 0) {
+		if (parse_relay_threads(value, &c->relay_threads) != 0)
+			fail(ld, "[tlsshim] relay_threads = %s: expected auto or 1 to 4", value);
 	} else if (strcmp(key, "rules") == 0) {
 		*rules_section = value;
 	} else if (strcmp(key, "log_stderr") == 0 || strcmp(key, "log_success") == 0) {
@@ -1074,6 +1090,9 @@ static void load_env(struct loader *ld)
 	if ((v = conf_env("TLSSHIM_RELAY_SPIN_US")) != NULL &&
 	    parse_spin_us(v, &c->relay_spin_us) != 0)
 		fail(ld, "invalid TLSSHIM_RELAY_SPIN_US=\"%.200s\" (microseconds, 0 to 1000)", v);
+	if ((v = conf_env("TLSSHIM_RELAY_THREADS")) != NULL &&
+	    parse_relay_threads(v, &c->relay_threads) != 0)
+		fail(ld, "invalid TLSSHIM_RELAY_THREADS=\"%.200s\" (auto or 1 to 4)", v);
 	if ((v = conf_env("TLSSHIM_HANDSHAKE_TIMEOUT")) != NULL &&
 	    conf_parse_seconds(v, &c->handshake_timeout_ms) != 0)
 		fail(ld, "invalid TLSSHIM_HANDSHAKE_TIMEOUT=\"%.200s\" (seconds, 0.1 to 3600)", v);

@@ -105,6 +105,7 @@ struct shim_conf {
 	const char *ca_dir;              /* = tls.ca_dir */
 	int handshake_timeout_ms;        /* bounds TCP connect + TLS handshake */
 	int relay_spin_us;        /* relay busy-poll bound after small messages, 0..1000 us */
+	int relay_threads;        /* most relay threads, 1..4; 0: auto (CPUs, at most 4) */
 	bool log_stderr;          /* copy each log line to standard error */
 	bool log_success;         /* also log every successful connection (audit) */
 	char log_socket[108];     /* syslog datagram socket, default /dev/log */

@@ -1,5 +1,11 @@
 /*
- * relay.c: the relay thread.
+ * relay.c: the relay threads.
+ *
+ * Up to RELAY_THREADS_MAX threads, each a struct relay_thread with its own
+ * epoll set, wake eventfd, connections, buffers and busy-polling state; a
+ * connection is given to one of them by relay_add() and stays there, so
+ * everything below runs as before, per thread, with no lock on the data
+ * path.  What follows describes one thread.
  *
  * A level-triggered epoll loop over two descriptors per connection: the
  * relay's end of the program's socketpair ("app") and the TLS socket
@@ -74,7 +80,32 @@
 #define PEEK_SIZE     4096 /* a read from the program this short is "interactive" */
 #define POOL_MAX      8    /* spare scratch-sized buffers kept by the thread */
 #define MAX_EVENTS    256
-#define EXIT_FLUSH_MS 3000
+#define EXIT_FLUSH_MS 3000 /* for all threads together */
+
+/*
+ * More than one relay thread (issue #6).  A process starts with one; a new
+ * connection starts another only when every running thread already carries
+ * RELAY_CONNS_PER_THREAD connections, up to relay_threads_cap(): the
+ * relay_threads setting, or by default the CPUs the process may use, at most
+ * RELAY_THREADS_MAX.  A new connection goes to the least-loaded thread and
+ * stays there for life.
+ *
+ * Why 64: a thread's cost is fixed (a stack, a 64 KiB scratch buffer and its
+ * pool, its own wake-ups), while what one thread gains from many connections
+ * is batching: one epoll_wait() collects the events of all of them, and a
+ * thread that is busy anyway is never woken.  One thread keeps up with a
+ * single bulk transfer at the NIC's or loopback's speed (docs/performance.md)
+ * and with dozens of interactive connections, so a second thread pays only
+ * when the connections are many enough that their work can exceed one CPU;
+ * 64 is also one event batch a quarter full (MAX_EVENTS), and it keeps the
+ * few-connection programs that are most of the users on one thread, where
+ * busy-polling and the measured costs were tuned.  Threads are counted by
+ * connections, not bytes: a connection cannot move once assigned (its SSL
+ * object and buffers are the thread's), so a finer balance would need
+ * migration, which costs more than it saves at these numbers.
+ */
+#define RELAY_THREADS_MAX      4
+#define RELAY_CONNS_PER_THREAD 64
 
 /*
  * Busy-polling bounds.  The default covers a loopback or LAN round trip
@@ -102,9 +133,12 @@ struct stash {
 	size_t len;
 };
 
+struct relay_thread;
+
 struct relay_conn {
-	struct relay_conn *next; /* all connections, or the zombie list */
+	struct relay_conn *next; /* the thread's connections, or its zombie list */
 	struct relay_conn *prev;
+	struct relay_thread *t; /* the thread that serves it, for life */
 	struct side sides[2];
 	int app_fd;
 	int net_fd;
@@ -137,41 +171,69 @@ struct relay_conn {
 	struct tls_failure why; /* what the handshake found, for the log */
 };
 
+/*
+ * One relay thread: its epoll set, wake eventfd, connections, buffers and
+ * busy-polling state.  A connection belongs to one instance for life
+ * (relay_conn.t), and only that instance's thread touches it after
+ * relay_add().  `lock` guards the fields marked so; the rest belongs to the
+ * thread alone (or is set before the thread starts).
+ */
+struct relay_thread {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool exiting; /* under lock: atexit, flush and stop */
+	bool stopped; /* under lock: the thread left its loop */
+	pthread_t thread;
+	int epfd;
+	int wakefd;
+	struct side wake_side;
+	struct relay_conn *conns;      /* under lock */
+	struct relay_conn *zombies;    /* under lock: torn down this batch, freed after it */
+	long nconns;                   /* under lock */
+	long nhandshaking;             /* under lock: inbound handshakes in progress */
+	unsigned char *scratch;        /* thread only */
+	unsigned char *pool[POOL_MAX]; /* thread only */
+	int npool;                     /* thread only */
+	size_t moved;                  /* thread only: bytes this batch forwarded */
+	bool net_more;                 /* thread only: this SSL_write has more records */
+	unsigned char sink[PEEK_SIZE]; /* thread only: see app_consume() */
+	/* Busy-polling: the current window, and counters for tests and the benchmark. */
+	long spin_window;      /* thread only */
+	long spin_seen;        /* thread only: the bound it last saw */
+	unsigned spin_skipped; /* thread only: armed waits without a window */
+	atomic_ulong st_armed, st_spins, st_hits, st_blocks;
+	atomic_long st_window;
+	atomic_bool st_sleeping;
+};
+
+/*
+ * relay_lock guards which instances run (relay_started: instances
+ * [0, relay_started) have a thread, and never stop before exit or a fork)
+ * and the choice of an instance for a new connection.  Lock order:
+ * relay_lock, then an instance's lock, then fdreg's.
+ */
 static pthread_mutex_t relay_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t relay_cond = PTHREAD_COND_INITIALIZER;
-static bool relay_running;
-static bool relay_exiting; /* atexit: flush and stop */
-static bool relay_stopped; /* the thread left its loop */
+#define RELAY_THREAD_INIT                                                                        \
+	{                                                                                        \
+		.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .epfd = -1, \
+		.wakefd = -1, .spin_seen = -1,                                                   \
+	}
+_Static_assert(RELAY_THREADS_MAX == 4, "one RELAY_THREAD_INIT per instance");
+static struct relay_thread relay_threads[RELAY_THREADS_MAX] = {
+        RELAY_THREAD_INIT, RELAY_THREAD_INIT, RELAY_THREAD_INIT, RELAY_THREAD_INIT};
+static atomic_int relay_started;
+static bool relay_exiting; /* under relay_lock: atexit ran; no more threads */
 static bool relay_atexit_set;
-static pthread_t relay_thread;
-static int relay_epfd = -1;
-static int relay_wakefd = -1;
-static struct relay_conn *relay_conns;
-static struct relay_conn *relay_zombies; /* torn down this batch, freed after it */
-static long relay_nconns;
-static long relay_nhandshaking; /* inbound handshakes in progress, under relay_lock */
-static struct side relay_wake_side = {NULL, SIDE_WAKE};
-static unsigned char *relay_scratch;        /* relay thread only */
-static unsigned char *relay_pool[POOL_MAX]; /* relay thread only */
-static int relay_npool;
-static size_t relay_moved;                  /* relay thread only: bytes this batch forwarded */
-static bool relay_net_more;                 /* relay thread only: this SSL_write has more records */
-static unsigned char relay_sink[PEEK_SIZE]; /* relay thread only: see app_consume() */
+static atomic_long relay_per_thread = RELAY_CONNS_PER_THREAD; /* relay_set_conns_per_thread() */
+static atomic_long relay_ncpu_override;                       /* relay_set_ncpu(); 0: none */
 static BIO_METHOD *relay_wbio_method;
 static pthread_once_t relay_wbio_once = PTHREAD_ONCE_INIT;
 
 /*
- * Busy-polling: the bound in ns (-1 until the first thread start reads the
- * environment; relay_set_spin_us() for tests), the thread's current window,
- * and counters for tests and the benchmark.
+ * Busy-polling: the bound in ns, shared by every thread (-1 until the first
+ * thread start reads the environment; relay_set_spin_us() for tests).
  */
 static atomic_long relay_spin_max_ns = -1;
-static long relay_spin_window;      /* relay thread only */
-static long relay_spin_seen = -1;   /* relay thread only: the bound it last saw */
-static unsigned relay_spin_skipped; /* relay thread only: armed waits without a window */
-static atomic_ulong relay_st_armed, relay_st_spins, relay_st_hits, relay_st_blocks;
-static atomic_long relay_st_window;
-static atomic_bool relay_st_sleeping;
 
 /* --- buffers -------------------------------------------------------------- */
 
@@ -181,20 +243,20 @@ static atomic_bool relay_st_sleeping;
  * and the thread takes another from a small pool: no copy, no malloc on the
  * hot path, and an idle connection still owns no buffer.
  */
-static unsigned char *buf_get(void)
+static unsigned char *buf_get(struct relay_thread *t)
 {
-	if (relay_npool > 0)
-		return relay_pool[--relay_npool];
+	if (t->npool > 0)
+		return t->pool[--t->npool];
 	return malloc(SCRATCH_SIZE);
 }
 
 /* Returns a buffer to the pool; `used` bytes are wiped if it is freed. */
-static void buf_put(unsigned char *b, size_t used)
+static void buf_put(struct relay_thread *t, unsigned char *b, size_t used)
 {
 	if (b == NULL)
 		return;
-	if (relay_npool < POOL_MAX) {
-		relay_pool[relay_npool++] = b;
+	if (t->npool < POOL_MAX) {
+		t->pool[t->npool++] = b;
 		return;
 	}
 	OPENSSL_cleanse(b, used);
@@ -202,11 +264,11 @@ static void buf_put(unsigned char *b, size_t used)
 }
 
 /* Makes sure the thread has a scratch buffer.  Returns 0 or -1 (ENOMEM). */
-static int scratch_ensure(void)
+static int scratch_ensure(struct relay_thread *t)
 {
-	if (relay_scratch == NULL)
-		relay_scratch = buf_get();
-	return relay_scratch != NULL ? 0 : -1;
+	if (t->scratch == NULL)
+		t->scratch = buf_get(t);
+	return t->scratch != NULL ? 0 : -1;
 }
 
 static bool stash_empty(const struct stash *s)
@@ -214,31 +276,31 @@ static bool stash_empty(const struct stash *s)
 	return s->len == s->off;
 }
 
-static void stash_clear(struct stash *s)
+static void stash_clear(struct relay_thread *t, struct stash *s)
 {
-	buf_put(s->buf, s->len);
+	buf_put(t, s->buf, s->len);
 	s->buf = NULL;
 	s->off = s->len = 0;
 }
 
 /* Teardown: the data will never be sent, wipe it. */
-static void stash_discard(struct stash *s)
+static void stash_discard(struct relay_thread *t, struct stash *s)
 {
 	if (s->buf != NULL)
 		OPENSSL_cleanse(s->buf, s->len);
-	stash_clear(s);
+	stash_clear(t, s);
 }
 
 /*
  * The scratch buffer holds `len` bytes of which `off` were passed on: it
  * becomes the stash `s` (empty before), and the thread needs a new one.
  */
-static void stash_take_scratch(struct stash *s, size_t off, size_t len)
+static void stash_take_scratch(struct relay_thread *t, struct stash *s, size_t off, size_t len)
 {
-	s->buf = relay_scratch;
+	s->buf = t->scratch;
 	s->off = off;
 	s->len = len;
-	relay_scratch = NULL;
+	t->scratch = NULL;
 }
 
 /*
@@ -264,14 +326,16 @@ static long net_bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi,
 /*
  * The TLS socket's write BIO.  It sends like tlsio.c's socket BIO, except
  * that while one SSL_write() call still has more records to produce
- * (relay_net_more) it passes MSG_MORE, so TCP builds one segment from the
+ * (the thread's net_more; the BIO's callback argument names the connection)
+ * it passes MSG_MORE, so TCP builds one segment from the
  * four records of a 64 KiB read instead of one segment per record: fewer
  * packets through the stack, no copy.  The last record of the batch goes
  * without MSG_MORE, which pushes what was held back.
  */
 static int wbio_write(BIO *b, const char *buf, int len)
 {
-	int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (relay_net_more ? MSG_MORE : 0);
+	const struct relay_conn *c = (const struct relay_conn *)BIO_get_callback_arg(b);
+	int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (c != NULL && c->t->net_more ? MSG_MORE : 0);
 	ssize_t n;
 
 	BIO_clear_retry_flags(b);
@@ -316,16 +380,21 @@ static void wbio_method_init(void)
 	relay_wbio_method = m;
 }
 
-/* A write BIO on `fd` that knows MSG_MORE, or NULL (then the SSL's own stays). */
-static BIO *wbio_new(int fd)
+/*
+ * A write BIO on c's TLS socket that knows MSG_MORE, or NULL (then the SSL's
+ * own stays).  No callback is set on it: the argument only names `c`.
+ */
+static BIO *wbio_new(struct relay_conn *c)
 {
 	BIO *b;
 
 	if (pthread_once(&relay_wbio_once, wbio_method_init) != 0 || relay_wbio_method == NULL)
 		return NULL;
 	b = BIO_new(relay_wbio_method);
-	if (b != NULL)
-		BIO_set_fd(b, fd, BIO_NOCLOSE);
+	if (b != NULL) {
+		BIO_set_fd(b, c->net_fd, BIO_NOCLOSE);
+		BIO_set_callback_arg(b, (char *)c);
+	}
 	return b;
 }
 
@@ -341,11 +410,11 @@ static void relay_set_mask(struct relay_conn *c, int which, uint32_t want)
 		return;
 	if (want == (uint32_t)~0U) {
 		/* Unregister: a dead side would report HUP/ERR forever. */
-		epoll_ctl(relay_epfd, EPOLL_CTL_DEL, fd, NULL);
+		epoll_ctl(c->t->epfd, EPOLL_CTL_DEL, fd, NULL);
 	} else if (*mask == (uint32_t)~0U) {
 		return; /* never re-registered once removed */
 	} else {
-		epoll_ctl(relay_epfd, EPOLL_CTL_MOD, fd, &ev);
+		epoll_ctl(c->t->epfd, EPOLL_CTL_MOD, fd, &ev);
 	}
 	*mask = want;
 }
@@ -379,6 +448,8 @@ static const char *ssl_reason(int err)
 
 static void relay_teardown(struct relay_conn *c)
 {
+	struct relay_thread *t = c->t;
+
 	if (c->dead)
 		return;
 	c->dead = true;
@@ -390,25 +461,25 @@ static void relay_teardown(struct relay_conn *c)
 	fdreg_release(c->net_fd);
 	SSL_free(c->ssl);
 	c->ssl = NULL;
-	stash_discard(&c->up);
-	stash_discard(&c->down);
+	stash_discard(t, &c->up);
+	stash_discard(t, &c->down);
 
-	pthread_mutex_lock(&relay_lock);
+	pthread_mutex_lock(&t->lock);
 	if (c->handshaking) {
 		c->handshaking = false;
-		relay_nhandshaking--;
+		t->nhandshaking--;
 	}
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
-		relay_conns = c->next;
+		t->conns = c->next;
 	if (c->next != NULL)
 		c->next->prev = c->prev;
-	relay_nconns--;
+	t->nconns--;
 	c->prev = NULL;
-	c->next = relay_zombies;
-	relay_zombies = c;
-	pthread_mutex_unlock(&relay_lock);
+	c->next = t->zombies;
+	t->zombies = c;
+	pthread_mutex_unlock(&t->lock);
 }
 
 /* --- the pumps -------------------------------------------------------------- */
@@ -426,12 +497,12 @@ static int ssl_write_out(struct relay_conn *c, struct stash *s)
 
 		ERR_clear_error();
 		/* One record per call (partial writes): more follow if this is over one. */
-		relay_net_more = s->len - s->off > SSL3_RT_MAX_PLAIN_LENGTH;
+		c->t->net_more = s->len - s->off > SSL3_RT_MAX_PLAIN_LENGTH;
 		w = SSL_write(c->ssl, s->buf + s->off, (int)(s->len - s->off));
-		relay_net_more = false;
+		c->t->net_more = false;
 		if (w > 0) {
 			s->off += (size_t)w;
-			relay_moved += (size_t)w;
+			c->t->moved += (size_t)w;
 			continue;
 		}
 		err = SSL_get_error(c->ssl, w);
@@ -453,9 +524,10 @@ static int ssl_write_out(struct relay_conn *c, struct stash *s)
  */
 static int app_consume(struct relay_conn *c, size_t n)
 {
+	unsigned char *sink = c->t->sink;
+
 	while (n > 0) {
-		ssize_t r = recv(c->app_fd, relay_sink,
-		                 n < sizeof(relay_sink) ? n : sizeof(relay_sink), MSG_DONTWAIT);
+		ssize_t r = recv(c->app_fd, sink, n < PEEK_SIZE ? n : PEEK_SIZE, MSG_DONTWAIT);
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -463,7 +535,7 @@ static int app_consume(struct relay_conn *c, size_t n)
 			relay_log_failure(c, "socketpair read failed");
 			return -1;
 		}
-		OPENSSL_cleanse(relay_sink, (size_t)r); /* a copy we do not need */
+		OPENSSL_cleanse(sink, (size_t)r); /* a copy we do not need */
 		n -= (size_t)r;
 	}
 	return 0;
@@ -480,6 +552,7 @@ static int pump_up(struct relay_conn *c)
 	 * reports the next data.  Not so once the program's end is gone from
 	 * epoll (HUP): then read on until EOF.
 	 */
+	struct relay_thread *t = c->t;
 	bool polled = c->app_mask != (uint32_t)~0U, drained = false;
 
 	c->ssl_up_wants = 0;
@@ -493,7 +566,7 @@ static int pump_up(struct relay_conn *c)
 			rc = ssl_write_out(c, &c->up);
 			if (rc != 0)
 				return rc < 0 ? -1 : 0;
-			stash_clear(&c->up);
+			stash_clear(t, &c->up);
 			continue;
 		}
 		if (c->app_eof || drained)
@@ -509,7 +582,7 @@ static int pump_up(struct relay_conn *c)
 			want = PEEK_SIZE;
 			flags |= MSG_PEEK;
 		}
-		n = recv(c->app_fd, relay_scratch, want, flags);
+		n = recv(c->app_fd, t->scratch, want, flags);
 		if (n > 0)
 			c->up_bulk = (size_t)n >= PEEK_SIZE;
 		if (n == 0 ||
@@ -523,7 +596,7 @@ static int pump_up(struct relay_conn *c)
 			break;
 		}
 		drained = polled && (size_t)n < want;
-		cur.buf = relay_scratch;
+		cur.buf = t->scratch;
 		cur.off = 0;
 		cur.len = (size_t)n;
 		rc = ssl_write_out(c, &cur);
@@ -533,8 +606,8 @@ static int pump_up(struct relay_conn *c)
 			return -1;
 		if (rc > 0) {
 			/* The rest waits in this very buffer, which the connection keeps. */
-			stash_take_scratch(&c->up, cur.off, cur.len);
-			return scratch_ensure();
+			stash_take_scratch(t, &c->up, cur.off, cur.len);
+			return scratch_ensure(t);
 		}
 	}
 
@@ -569,7 +642,7 @@ static int app_send(struct relay_conn *c, struct stash *s)
 
 		if (n > 0) {
 			s->off += (size_t)n;
-			relay_moved += (size_t)n;
+			c->t->moved += (size_t)n;
 		} else if (n < 0 && errno == EINTR) {
 			continue;
 		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -584,16 +657,17 @@ static int app_send(struct relay_conn *c, struct stash *s)
 /* Server -> program.  Returns 0, or -1 after a fatal error. */
 static int pump_down(struct relay_conn *c)
 {
+	struct relay_thread *t = c->t;
 	bool more = true;
 
 	c->ssl_down_wants = 0;
 	if (!c->app_gone && !stash_empty(&c->down) && app_send(c, &c->down) != 0)
 		return 0;
 	if (c->app_gone) {
-		stash_discard(&c->down); /* nobody left to deliver to */
+		stash_discard(t, &c->down); /* nobody left to deliver to */
 		return 0;
 	}
-	stash_clear(&c->down); /* all sent */
+	stash_clear(t, &c->down); /* all sent */
 
 	/*
 	 * Decrypt up to SCRATCH_SIZE bytes (several records, read ahead in one
@@ -603,7 +677,7 @@ static int pump_down(struct relay_conn *c)
 	 */
 	c->net_drained = false;
 	while (more) {
-		struct stash cur = {.buf = relay_scratch, .off = 0, .len = 0};
+		struct stash cur = {.buf = t->scratch, .off = 0, .len = 0};
 		int fatal = 0;
 
 		while (cur.len < SCRATCH_SIZE) {
@@ -636,11 +710,11 @@ static int pump_down(struct relay_conn *c)
 		}
 		/* What was decrypted before an error is still the program's. */
 		if (app_send(c, &cur) != 0) {
-			stash_take_scratch(&c->down, cur.off, cur.len);
+			stash_take_scratch(t, &c->down, cur.off, cur.len);
 			if (fatal)
 				return -1;
 			c->ssl_down_wants = 0; /* the program's EPOLLOUT comes first */
-			return scratch_ensure();
+			return scratch_ensure(t);
 		}
 		if (fatal)
 			return -1;
@@ -687,12 +761,12 @@ static void log_inbound(struct relay_conn *c, int severity, const char *event)
 
 static void handshake_finished(struct relay_conn *c)
 {
-	pthread_mutex_lock(&relay_lock);
+	pthread_mutex_lock(&c->t->lock);
 	if (c->handshaking) {
 		c->handshaking = false;
-		relay_nhandshaking--;
+		c->t->nhandshaking--;
 	}
-	pthread_mutex_unlock(&relay_lock);
+	pthread_mutex_unlock(&c->t->lock);
 }
 
 /*
@@ -738,14 +812,14 @@ static int handshake_step(struct relay_conn *c, uint32_t app_ev)
  * Tears down inbound handshakes past their deadline.  Returns milliseconds
  * to the next deadline, or -1 when no handshake is running.
  */
-static int expire_handshakes(void)
+static int expire_handshakes(struct relay_thread *t)
 {
 	struct relay_conn *expired[64], *c;
 	long now = tlsio_now_ms(), next = -1;
 	int n = 0, i;
 
-	pthread_mutex_lock(&relay_lock);
-	for (c = relay_conns; c != NULL && relay_nhandshaking > 0; c = c->next) {
+	pthread_mutex_lock(&t->lock);
+	for (c = t->conns; c != NULL && t->nhandshaking > 0; c = c->next) {
 		if (!c->handshaking)
 			continue;
 		if (c->hs_deadline <= now && n < (int)(sizeof(expired) / sizeof(expired[0])))
@@ -753,7 +827,7 @@ static int expire_handshakes(void)
 		else if (next < 0 || c->hs_deadline < next)
 			next = c->hs_deadline;
 	}
-	pthread_mutex_unlock(&relay_lock);
+	pthread_mutex_unlock(&t->lock);
 	for (i = 0; i < n; i++) {
 		c = expired[i];
 		c->why.stage = "timeout";
@@ -798,7 +872,7 @@ static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 	if (net_ev & EPOLLHUP)
 		c->net_hup = true; /* the rest is readable without epoll */
 
-	if (scratch_ensure() != 0) {
+	if (scratch_ensure(c->t) != 0) {
 		relay_log_failure(c, "out of memory");
 		relay_teardown(c);
 		return;
@@ -846,13 +920,13 @@ static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 /* --- the thread ------------------------------------------------------------- */
 
 /* True when no connection holds data from the program that is not yet sent. */
-static bool relay_all_flushed(void)
+static bool relay_all_flushed(struct relay_thread *t)
 {
 	struct relay_conn *c;
 	bool flushed = true;
 
-	pthread_mutex_lock(&relay_lock);
-	for (c = relay_conns; c != NULL && flushed; c = c->next) {
+	pthread_mutex_lock(&t->lock);
+	for (c = t->conns; c != NULL && flushed; c = c->next) {
 		int pending = 0;
 
 		if (!stash_empty(&c->up) || c->ssl_up_wants != 0)
@@ -861,16 +935,16 @@ static bool relay_all_flushed(void)
 		         pending > 0)
 			flushed = false;
 	}
-	pthread_mutex_unlock(&relay_lock);
+	pthread_mutex_unlock(&t->lock);
 	return flushed;
 }
 
-static void relay_free_zombies_locked(void)
+static void relay_free_zombies_locked(struct relay_thread *t)
 {
-	while (relay_zombies != NULL) {
-		struct relay_conn *z = relay_zombies;
+	while (t->zombies != NULL) {
+		struct relay_conn *z = t->zombies;
 
-		relay_zombies = z->next;
+		t->zombies = z->next;
 		free(z);
 	}
 }
@@ -922,21 +996,27 @@ long relay_spin_bound(long spin_us, long ncpu)
 	return ncpu < 2 ? 0 : us * 1000L;
 }
 
-/* CPUs this process may run on: online ones, within its affinity mask. */
+/*
+ * CPUs this process may run on: online ones, within its affinity mask, or
+ * what relay_set_ncpu() said (tests).
+ */
 static long relay_ncpu(void)
 {
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	long n = atomic_load_explicit(&relay_ncpu_override, memory_order_relaxed);
 	cpu_set_t set;
 
+	if (n > 0)
+		return n;
+	n = sysconf(_SC_NPROCESSORS_ONLN);
 	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) < n)
 		n = CPU_COUNT(&set);
 	return n;
 }
 
-static void relay_spin_set_window(long w)
+static void relay_spin_set_window(struct relay_thread *t, long w)
 {
-	relay_spin_window = w;
-	atomic_store_explicit(&relay_st_window, w, memory_order_relaxed);
+	t->spin_window = w;
+	atomic_store_explicit(&t->st_window, w, memory_order_relaxed);
 }
 
 static void relay_count_up(atomic_ulong *counter)
@@ -945,13 +1025,13 @@ static void relay_count_up(atomic_ulong *counter)
 }
 
 /* A blocking epoll_wait(); tests can see that the thread is in it. */
-static int relay_sleep(struct epoll_event *evs, int timeout)
+static int relay_sleep(struct relay_thread *t, struct epoll_event *evs, int timeout)
 {
 	int n;
 
-	atomic_store_explicit(&relay_st_sleeping, timeout != 0, memory_order_relaxed);
-	n = epoll_wait(relay_epfd, evs, MAX_EVENTS, timeout);
-	atomic_store_explicit(&relay_st_sleeping, false, memory_order_relaxed);
+	atomic_store_explicit(&t->st_sleeping, timeout != 0, memory_order_relaxed);
+	n = epoll_wait(t->epfd, evs, MAX_EVENTS, timeout);
+	atomic_store_explicit(&t->st_sleeping, false, memory_order_relaxed);
 	return n;
 }
 
@@ -959,31 +1039,32 @@ static int relay_sleep(struct epoll_event *evs, int timeout)
  * epoll_wait() for the relay loop.  After a batch that forwarded data
  * (`armed`) it first polls without sleeping for the current spin window,
  * then blocks; either way the wait's length adapts the window.  A deadline
- * (`timeout`, ms) slips by at most one window (below a millisecond).
+ * (`timeout`, ms) slips by at most one window (below a millisecond).  Each
+ * thread adapts its own window, to the waits of its own connections.
  */
-static int relay_wait(struct epoll_event *evs, int timeout, bool armed)
+static int relay_wait(struct relay_thread *t, struct epoll_event *evs, int timeout, bool armed)
 {
 	long max_ns = atomic_load_explicit(&relay_spin_max_ns, memory_order_relaxed);
 	long t0, t1, window;
 	bool probe = false;
 	int n;
 
-	if (max_ns != relay_spin_seen) {
-		relay_spin_seen = max_ns;
-		relay_spin_set_window(max_ns > 0 ? max_ns : 0); /* start optimistic */
+	if (max_ns != t->spin_seen) {
+		t->spin_seen = max_ns;
+		relay_spin_set_window(t, max_ns > 0 ? max_ns : 0); /* start optimistic */
 	}
 	if (!armed || max_ns <= 0 || timeout == 0)
-		return relay_sleep(evs, timeout);
+		return relay_sleep(t, evs, timeout);
 
-	relay_count_up(&relay_st_armed);
-	window = relay_spin_window;
-	if (window == 0 && ++relay_spin_skipped >= SPIN_PROBE) {
+	relay_count_up(&t->st_armed);
+	window = t->spin_window;
+	if (window == 0 && ++t->spin_skipped >= SPIN_PROBE) {
 		/*
 		 * A blocking wait also counts the wake-up, which may alone exceed
 		 * the bound: now and then spin the full window to find out whether
 		 * spinning would pay off again.
 		 */
-		relay_spin_skipped = 0;
+		t->spin_skipped = 0;
 		probe = true;
 		window = max_ns;
 	}
@@ -991,14 +1072,15 @@ static int relay_wait(struct epoll_event *evs, int timeout, bool armed)
 	if (window > 0) {
 		long until = t0 + window;
 
-		relay_count_up(&relay_st_spins);
+		relay_count_up(&t->st_spins);
 		do {
-			n = epoll_wait(relay_epfd, evs, MAX_EVENTS, 0);
+			n = epoll_wait(t->epfd, evs, MAX_EVENTS, 0);
 			if (n != 0) {
 				if (n > 0) {
-					relay_count_up(&relay_st_hits);
-					relay_spin_set_window(relay_spin_adapt(
-					        window, max_ns, relay_now_ns() - t0, true));
+					relay_count_up(&t->st_hits);
+					relay_spin_set_window(
+					        t, relay_spin_adapt(window, max_ns,
+					                            relay_now_ns() - t0, true));
 				}
 				return n;
 			}
@@ -1010,11 +1092,11 @@ static int relay_wait(struct epoll_event *evs, int timeout, bool armed)
 			sched_yield();
 		} while (relay_now_ns() < until);
 	}
-	relay_count_up(&relay_st_blocks);
-	n = relay_sleep(evs, timeout);
+	relay_count_up(&t->st_blocks);
+	n = relay_sleep(t, evs, timeout);
 	t1 = relay_now_ns();
 	/* A probe that missed leaves things as they were: no window. */
-	relay_spin_set_window(relay_spin_adapt(probe ? 0 : window, max_ns, t1 - t0, false));
+	relay_spin_set_window(t, relay_spin_adapt(probe ? 0 : window, max_ns, t1 - t0, false));
 	return n;
 }
 
@@ -1027,51 +1109,66 @@ void relay_set_spin_us(long us)
 
 void relay_get_spin_stats(struct relay_spin_stats *st)
 {
-	st->armed = atomic_load_explicit(&relay_st_armed, memory_order_relaxed);
-	st->spins = atomic_load_explicit(&relay_st_spins, memory_order_relaxed);
-	st->hits = atomic_load_explicit(&relay_st_hits, memory_order_relaxed);
-	st->blocks = atomic_load_explicit(&relay_st_blocks, memory_order_relaxed);
-	st->window_ns = atomic_load_explicit(&relay_st_window, memory_order_relaxed);
+	int n = atomic_load_explicit(&relay_started, memory_order_acquire), i;
+
+	memset(st, 0, sizeof(*st));
 	st->bound_ns = atomic_load_explicit(&relay_spin_max_ns, memory_order_relaxed);
-	st->sleeping = atomic_load_explicit(&relay_st_sleeping, memory_order_relaxed);
+	st->sleeping = n > 0;
+	for (i = 0; i < n; i++) {
+		struct relay_thread *t = &relay_threads[i];
+		long w = atomic_load_explicit(&t->st_window, memory_order_relaxed);
+
+		st->armed += atomic_load_explicit(&t->st_armed, memory_order_relaxed);
+		st->spins += atomic_load_explicit(&t->st_spins, memory_order_relaxed);
+		st->hits += atomic_load_explicit(&t->st_hits, memory_order_relaxed);
+		st->blocks += atomic_load_explicit(&t->st_blocks, memory_order_relaxed);
+		if (w > st->window_ns)
+			st->window_ns = w;
+		if (!atomic_load_explicit(&t->st_sleeping, memory_order_relaxed))
+			st->sleeping = false;
+	}
 }
 
 static void *relay_main(void *arg)
 {
+	struct relay_thread *t = arg;
 	struct epoll_event evs[MAX_EVENTS];
 	long deadline = 0;
 	int timeout = -1;
 	bool armed = false;
+	char name[16];
 
-	(void)arg;
+	/* Visible in top -H, ps -L and perf: "tlsshim-relay0" ... */
+	snprintf(name, sizeof(name), "tlsshim-relay%d", (int)(t - relay_threads));
+	pthread_setname_np(pthread_self(), name);
 	for (;;) {
 		bool exiting;
 		int n, i;
 
-		n = relay_wait(evs, timeout, armed);
+		n = relay_wait(t, evs, timeout, armed);
 		if (n < 0 && errno != EINTR)
 			break;
 		/*
 		 * relay_add() initialises a connection and registers it with epoll
-		 * under relay_lock; taking the lock here, once per batch, orders
-		 * that before any use of it (epoll itself promises no ordering
-		 * that the memory model or ThreadSanitizer can see).  Connections
-		 * torn down in the previous batch are freed here: no event of this
-		 * batch can name them, they left epoll before it was collected.
+		 * under t->lock; taking the lock here, once per batch, orders that
+		 * before any use of it (epoll itself promises no ordering that the
+		 * memory model or ThreadSanitizer can see).  Connections torn down
+		 * in the previous batch are freed here: no event of this batch can
+		 * name them, they left epoll before it was collected.
 		 */
-		pthread_mutex_lock(&relay_lock);
-		relay_free_zombies_locked();
-		exiting = relay_exiting;
-		pthread_mutex_unlock(&relay_lock);
+		pthread_mutex_lock(&t->lock);
+		relay_free_zombies_locked(t);
+		exiting = t->exiting;
+		pthread_mutex_unlock(&t->lock);
 
-		relay_moved = 0;
+		t->moved = 0;
 		for (i = 0; i < n; i++) {
 			struct side *s = evs[i].data.ptr;
 
 			if (s->which == SIDE_WAKE) {
 				uint64_t v;
 
-				if (read(relay_wakefd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				if (read(t->wakefd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 					log_debug("relay wake read failed");
 				continue;
 			}
@@ -1087,105 +1184,179 @@ static void *relay_main(void *arg)
 		 * next data queued already or waits for a peer that is busy
 		 * producing it, and a spinning relay would only take its CPU.
 		 */
-		armed = relay_moved > 0 && relay_moved <= SPIN_ARM_MAX;
+		armed = t->moved > 0 && t->moved <= SPIN_ARM_MAX;
 
-		timeout = expire_handshakes();
+		timeout = expire_handshakes(t);
 		if (exiting) {
 			long now = relay_now_ms();
 
 			if (deadline == 0)
 				deadline = now + EXIT_FLUSH_MS;
-			if (relay_all_flushed() || now >= deadline)
+			if (relay_all_flushed(t) || now >= deadline)
 				break;
 			if (timeout < 0 || deadline - now < timeout)
 				timeout = (int)(deadline - now);
 		}
 	}
-	pthread_mutex_lock(&relay_lock);
-	relay_free_zombies_locked();
-	relay_stopped = true;
-	pthread_cond_broadcast(&relay_cond);
-	pthread_mutex_unlock(&relay_lock);
+	pthread_mutex_lock(&t->lock);
+	relay_free_zombies_locked(t);
+	t->stopped = true;
+	pthread_cond_broadcast(&t->cond);
+	pthread_mutex_unlock(&t->lock);
 	return NULL;
 }
 
 /*
  * atexit: data the program wrote just before exit() is still in the
- * socketpair; a kernel socket would have sent it after the process ended.
- * Give the relay a bounded time to pass it on, then stop it, so that it does
- * not touch OpenSSL while the process's exit handlers tear OpenSSL down.
+ * socketpairs; a kernel socket would have sent it after the process ended.
+ * Give the relay threads a bounded time to pass it on, all at once (so the
+ * bound is that of one thread, not the sum), then stop them, so that none
+ * touches OpenSSL while the process's exit handlers tear OpenSSL down.
  */
 static void relay_atexit(void)
 {
 	struct timespec until;
 	uint64_t one = 1;
-	bool stopped;
+	int n, i;
 
 	pthread_mutex_lock(&relay_lock);
-	if (!relay_running || relay_stopped) {
-		pthread_mutex_unlock(&relay_lock);
-		return;
-	}
-	relay_exiting = true;
+	relay_exiting = true; /* no thread starts after this snapshot */
+	n = atomic_load_explicit(&relay_started, memory_order_relaxed);
 	pthread_mutex_unlock(&relay_lock);
-	if (write(relay_wakefd, &one, sizeof(one)) < 0)
-		log_debug("relay wake failed");
 
+	for (i = 0; i < n; i++) {
+		struct relay_thread *t = &relay_threads[i];
+
+		pthread_mutex_lock(&t->lock);
+		t->exiting = true;
+		pthread_mutex_unlock(&t->lock);
+		if (write(t->wakefd, &one, sizeof(one)) < 0)
+			log_debug("relay wake failed");
+	}
+
+	/* One deadline for all of them. */
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += EXIT_FLUSH_MS / 1000 + 1;
-	pthread_mutex_lock(&relay_lock);
-	while (!relay_stopped)
-		if (pthread_cond_timedwait(&relay_cond, &relay_lock, &until) == ETIMEDOUT)
-			break;
-	stopped = relay_stopped;
-	pthread_mutex_unlock(&relay_lock);
-	/*
-	 * Past its loop the thread only runs OpenSSL's thread-exit cleanup;
-	 * wait for that too, or the process's OpenSSL teardown races it.
-	 */
-	if (stopped)
-		pthread_join(relay_thread, NULL);
+	for (i = 0; i < n; i++) {
+		struct relay_thread *t = &relay_threads[i];
+		bool stopped;
+
+		pthread_mutex_lock(&t->lock);
+		while (!t->stopped)
+			if (pthread_cond_timedwait(&t->cond, &t->lock, &until) == ETIMEDOUT)
+				break;
+		stopped = t->stopped;
+		pthread_mutex_unlock(&t->lock);
+		/*
+		 * Past its loop the thread only runs OpenSSL's thread-exit cleanup;
+		 * wait for that too, or the process's OpenSSL teardown races it.
+		 */
+		if (stopped)
+			pthread_join(t->thread, NULL);
+	}
 }
 
-/* Caller holds relay_lock. Starts the thread with every signal blocked. */
-static int relay_start_locked(void)
+/*
+ * Caller holds relay_lock.  Starts instance relay_started with every signal
+ * blocked.  Returns it, or NULL with errno.
+ */
+static struct relay_thread *relay_start_locked(void)
 {
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &relay_wake_side};
+	int idx = atomic_load_explicit(&relay_started, memory_order_relaxed);
+	struct relay_thread *t = &relay_threads[idx];
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &t->wake_side};
 	sigset_t all, old;
 	int epfd, wfd, rc;
 
-	if (relay_running)
-		return 0;
 	epfd = fdreg_adopt(epoll_create1(EPOLL_CLOEXEC));
 	wfd = fdreg_adopt(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
 	if (epfd < 0 || wfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, wfd, &ev) != 0)
 		goto err;
-	relay_epfd = epfd;
-	relay_wakefd = wfd;
-	relay_exiting = relay_stopped = false;
+	/* Not running: nothing else looks at the instance until relay_started says so. */
+	t->wake_side.c = NULL;
+	t->wake_side.which = SIDE_WAKE;
+	t->epfd = epfd;
+	t->wakefd = wfd;
+	t->exiting = t->stopped = false;
+	t->spin_seen = -1;
+	t->spin_skipped = 0;
 	if (atomic_load(&relay_spin_max_ns) < 0)
 		atomic_store(&relay_spin_max_ns,
 		             relay_spin_bound(conf_get()->relay_spin_us, relay_ncpu()));
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	rc = pthread_create(&relay_thread, NULL, relay_main, NULL);
+	rc = pthread_create(&t->thread, NULL, relay_main, t);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
 		errno = rc;
 		goto err;
 	}
-	relay_running = true;
+	atomic_store_explicit(&relay_started, idx + 1, memory_order_release);
 	if (!relay_atexit_set && atexit(relay_atexit) == 0)
 		relay_atexit_set = true;
-	return 0;
+	return t;
 err:
 	fdreg_release(epfd);
 	fdreg_release(wfd);
-	relay_epfd = relay_wakefd = -1;
+	t->epfd = t->wakefd = -1;
 	if (errno == 0)
 		errno = EAGAIN;
-	return -1;
+	return NULL;
+}
+
+/*
+ * The most threads this process may run: the relay_threads setting, or with
+ * `auto` the CPUs it may use (a second thread on one CPU only adds
+ * switches), never more than RELAY_THREADS_MAX.  Asked only when another
+ * thread is due: sched_getaffinity() is a system call.
+ */
+static int relay_threads_cap(void)
+{
+	int set = conf_get()->relay_threads;
+	long ncpu;
+
+	if (set > 0)
+		return set < RELAY_THREADS_MAX ? set : RELAY_THREADS_MAX;
+	ncpu = relay_ncpu();
+	return ncpu < 1 ? 1 : ncpu < RELAY_THREADS_MAX ? (int)ncpu : RELAY_THREADS_MAX;
+}
+
+/*
+ * Caller holds relay_lock.  The thread for a new connection: the
+ * least-loaded one, or a new one when every thread carries the threshold
+ * and the limits allow (see RELAY_CONNS_PER_THREAD).  NULL with errno when
+ * no thread runs and none could be started.
+ */
+static struct relay_thread *relay_pick_locked(void)
+{
+	int n = atomic_load_explicit(&relay_started, memory_order_relaxed), i;
+	long per = atomic_load_explicit(&relay_per_thread, memory_order_relaxed);
+	struct relay_thread *best = NULL, *t;
+	long best_load = 0;
+
+	for (i = 0; i < n; i++) {
+		long load;
+
+		t = &relay_threads[i];
+		pthread_mutex_lock(&t->lock);
+		load = t->nconns;
+		pthread_mutex_unlock(&t->lock);
+		if (best == NULL || load < best_load) {
+			best = t;
+			best_load = load;
+		}
+	}
+	if (best != NULL && (best_load < per || n >= RELAY_THREADS_MAX || relay_exiting))
+		return best;
+	if (best != NULL && n >= relay_threads_cap())
+		return best;
+	t = relay_start_locked();
+	if (t == NULL && best != NULL) {
+		log_debug("relay: another thread could not start");
+		return best; /* the running ones carry on */
+	}
+	return t;
 }
 
 void relay_size_pair(int program_fd)
@@ -1200,6 +1371,7 @@ void relay_size_pair(int program_fd)
 int relay_add(const struct relay_spec *spec)
 {
 	struct relay_conn *c = calloc(1, sizeof(*c));
+	struct relay_thread *t;
 	struct epoll_event ev;
 	BIO *wbio;
 
@@ -1235,22 +1407,25 @@ int relay_add(const struct relay_spec *spec)
 	/* MSG_PEEK then advances an offset, so a peek never returns a byte twice. */
 	c->app_peek =
 	        real.setsockopt(c->app_fd, SOL_SOCKET, SO_PEEK_OFF, &(int){0}, sizeof(int)) == 0;
-	wbio = wbio_new(c->net_fd);
+	wbio = wbio_new(c);
 	pthread_mutex_lock(&relay_lock);
-	if (relay_start_locked() != 0) {
+	t = relay_pick_locked();
+	if (t == NULL) {
 		pthread_mutex_unlock(&relay_lock);
 		BIO_free(wbio);
 		free(c);
 		return -1;
 	}
+	c->t = t;
+	pthread_mutex_lock(&t->lock);
 	ev.events = c->net_mask;
 	ev.data.ptr = &c->sides[SIDE_NET];
-	if (epoll_ctl(relay_epfd, EPOLL_CTL_ADD, c->net_fd, &ev) != 0)
+	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->net_fd, &ev) != 0)
 		goto err;
 	ev.events = c->app_mask;
 	ev.data.ptr = &c->sides[SIDE_APP];
-	if (epoll_ctl(relay_epfd, EPOLL_CTL_ADD, c->app_fd, &ev) != 0) {
-		epoll_ctl(relay_epfd, EPOLL_CTL_DEL, c->net_fd, NULL);
+	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->app_fd, &ev) != 0) {
+		epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->net_fd, NULL);
 		goto err;
 	}
 	/*
@@ -1258,27 +1433,29 @@ int relay_add(const struct relay_spec *spec)
 	 * it) instead of a header and then a body.  The BIO callback tells the
 	 * relay when a read emptied the socket (net_bio_cb).  Set only now that
 	 * nothing can fail: on failure the caller keeps the SSL object as it was.
-	 * The relay thread cannot look at `c` before relay_lock is released.
+	 * The relay thread cannot look at `c` before t->lock is released.
 	 */
 	SSL_set_read_ahead(c->ssl, 1);
 	if (wbio != NULL)
 		SSL_set0_wbio(c->ssl, wbio);
 	BIO_set_callback_arg(SSL_get_rbio(c->ssl), (char *)c);
 	BIO_set_callback_ex(SSL_get_rbio(c->ssl), net_bio_cb);
-	c->next = relay_conns;
-	if (relay_conns != NULL)
-		relay_conns->prev = c;
-	relay_conns = c;
-	relay_nconns++;
+	c->next = t->conns;
+	if (t->conns != NULL)
+		t->conns->prev = c;
+	t->conns = c;
+	t->nconns++;
 	if (c->handshaking) {
-		relay_nhandshaking++;
+		t->nhandshaking++;
 		/* A new deadline may be the nearest: have the thread recompute. */
-		if (write(relay_wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
+		if (write(t->wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
 			log_debug("relay wake failed");
 	}
+	pthread_mutex_unlock(&t->lock);
 	pthread_mutex_unlock(&relay_lock);
 	return 0;
 err:
+	pthread_mutex_unlock(&t->lock);
 	pthread_mutex_unlock(&relay_lock);
 	BIO_free(wbio);
 	free(c);
@@ -1287,40 +1464,91 @@ err:
 
 long relay_count(void)
 {
+	int n = atomic_load_explicit(&relay_started, memory_order_acquire), i;
+	long sum = 0;
+
+	for (i = 0; i < n; i++)
+		sum += relay_count_on(i);
+	return sum;
+}
+
+long relay_count_on(int i)
+{
+	struct relay_thread *t;
 	long n;
 
-	pthread_mutex_lock(&relay_lock);
-	n = relay_nconns;
-	pthread_mutex_unlock(&relay_lock);
+	if (i < 0 || i >= atomic_load_explicit(&relay_started, memory_order_acquire))
+		return -1;
+	t = &relay_threads[i];
+	pthread_mutex_lock(&t->lock);
+	n = t->nconns;
+	pthread_mutex_unlock(&t->lock);
 	return n;
 }
 
+int relay_nthreads(void)
+{
+	return atomic_load_explicit(&relay_started, memory_order_acquire);
+}
+
+void relay_set_conns_per_thread(long n)
+{
+	atomic_store(&relay_per_thread, n > 0 ? n : RELAY_CONNS_PER_THREAD);
+}
+
+void relay_set_ncpu(long n)
+{
+	atomic_store(&relay_ncpu_override, n > 0 ? n : 0);
+}
+
+/*
+ * Fork: every instance's lock is held across it (relay_lock first, then the
+ * instances in order, as relay_add() takes them), so no connection list is
+ * half-changed in the child.
+ */
 void relay_atfork_prepare(void)
 {
+	int i;
+
 	pthread_mutex_lock(&relay_lock);
+	for (i = 0; i < RELAY_THREADS_MAX; i++)
+		pthread_mutex_lock(&relay_threads[i].lock);
 }
 
 void relay_atfork_parent(void)
 {
+	int i;
+
+	for (i = RELAY_THREADS_MAX - 1; i >= 0; i--)
+		pthread_mutex_unlock(&relay_threads[i].lock);
 	pthread_mutex_unlock(&relay_lock);
 }
 
 void relay_atfork_child(void)
 {
+	int i;
+
 	/*
-	 * The thread is gone and its descriptors were closed by
-	 * fdreg_atfork_child().  The connections' memory is abandoned, not freed:
-	 * the relay thread may have been inside OpenSSL at the fork.
+	 * The threads are gone and their descriptors were closed by
+	 * fdreg_atfork_child().  The connections' memory is abandoned, not
+	 * freed: a relay thread may have been inside OpenSSL at the fork.
 	 */
-	relay_running = false;
-	relay_exiting = relay_stopped = false;
-	relay_conns = NULL;
-	relay_zombies = NULL;
-	relay_nconns = 0;
-	relay_nhandshaking = 0;
-	relay_epfd = relay_wakefd = -1;
-	relay_scratch = NULL; /* like the connections: abandoned, not freed */
-	relay_npool = 0;
+	for (i = 0; i < RELAY_THREADS_MAX; i++) {
+		struct relay_thread *t = &relay_threads[i];
+
+		t->exiting = t->stopped = false;
+		t->conns = NULL;
+		t->zombies = NULL;
+		t->nconns = 0;
+		t->nhandshaking = 0;
+		t->epfd = t->wakefd = -1;
+		t->scratch = NULL; /* like the connections: abandoned, not freed */
+		t->npool = 0;
+		atomic_store_explicit(&t->st_sleeping, false, memory_order_relaxed);
+		pthread_mutex_init(&t->lock, NULL);
+		pthread_cond_init(&t->cond, NULL);
+	}
+	atomic_store_explicit(&relay_started, 0, memory_order_relaxed);
+	relay_exiting = false;
 	pthread_mutex_init(&relay_lock, NULL);
-	pthread_cond_init(&relay_cond, NULL);
 }

@@ -2,10 +2,13 @@
  * relay.h: the relay that moves plaintext between the program's end of a
  * socketpair and a TLS connection (DESIGN.md, "The one rule").
  *
- * One relay thread per process, started on the first connection, with every
- * signal blocked.  After relay_add() the connection belongs to the relay
- * thread: only it touches the SSL object and the two descriptors, and it
- * frees them when both directions are finished or either side goes away.
+ * Up to four relay threads per process, each with its own epoll set and
+ * buffers, started with every signal blocked: the first on the first
+ * connection, another when every running one carries its share of
+ * connections and the CPUs allow (relay.c, RELAY_CONNS_PER_THREAD).  After
+ * relay_add() the connection belongs to one relay thread for life: only it
+ * touches the SSL object and the two descriptors, and it frees them when
+ * both directions are finished or either side goes away.
  */
 #ifndef TLSSHIM_RELAY_H
 #define TLSSHIM_RELAY_H
@@ -55,31 +58,49 @@ int relay_add(const struct relay_spec *spec) TLSSHIM_WUR;
 void relay_size_pair(int program_fd);
 
 /*
- * Fork handling.  In the child the relay thread does not exist: its state is
+ * Fork handling.  In the child no relay thread exists: their state is
  * forgotten (not freed: another thread may have held OpenSSL locks at the
- * fork), and the next relay_add() starts a new thread.
+ * fork), and the next relay_add() starts a first thread again.
  */
 void relay_atfork_prepare(void);
 void relay_atfork_parent(void);
 void relay_atfork_child(void);
 
-/* Number of connections the relay holds (tests, benchmark). */
+/* Number of connections the relay holds, in all threads (tests, benchmark). */
 long relay_count(void);
+
+/* Number of relay threads started (tests, benchmark); they run until exit. */
+int relay_nthreads(void);
+
+/* Connections that thread `i` (0-based) holds; -1 when it is not running. */
+long relay_count_on(int i);
+
+/*
+ * Tests: relay_set_conns_per_thread() overrides the number of connections
+ * every thread must carry before another starts (RELAY_CONNS_PER_THREAD;
+ * 0 or less restores it); relay_set_ncpu() overrides the number of CPUs the
+ * process may use, for that choice and the busy-polling bound (0 or less:
+ * ask the system again).  Both apply to connections added afterwards.
+ */
+void relay_set_conns_per_thread(long n);
+void relay_set_ncpu(long n);
 
 /*
  * Busy-polling (relay.c, relay_wait).  relay_set_spin_us() overrides the
  * bound that TLSSHIM_RELAY_SPIN_US and the CPU count would give (tests; 0
- * disables); the thread picks it up at its next wait and starts with the
- * full window.  relay_get_spin_stats() reads the counters, which only grow.
+ * disables); each thread picks it up at its next wait and starts with the
+ * full window.  relay_get_spin_stats() reads the counters, which only grow,
+ * summed over the threads; window_ns is the largest thread's, and sleeping
+ * means every thread sleeps.
  */
 struct relay_spin_stats {
 	unsigned long armed;  /* waits after a batch that forwarded 1..4096 bytes */
 	unsigned long spins;  /* of those, waits that polled first */
 	unsigned long hits;   /* spins that found an event */
 	unsigned long blocks; /* armed waits that went on to sleep */
-	long window_ns;       /* the current window */
-	long bound_ns;        /* its upper bound (-1 before the thread started) */
-	bool sleeping;        /* the thread is in a blocking epoll_wait() now */
+	long window_ns;       /* the current window (the largest of the threads') */
+	long bound_ns;        /* its upper bound (-1 before the first thread started) */
+	bool sleeping;        /* every thread is in a blocking epoll_wait() now */
 };
 void relay_set_spin_us(long us);
 void relay_get_spin_stats(struct relay_spin_stats *st);

@@ -75,6 +75,34 @@ teardown() {
   cmp "$dir/html/files/big.bin" "$BATS_TEST_TMPDIR/got.bin"
 }
 
+# More than one relay thread: past 64 connections a second starts (when the
+# process may use two CPUs), and every stream stays whole and its own.
+relay_threads_want() { # connections [setting]: what the policy allows
+  local conns=$1 cap=${2:-auto} cpus
+  cpus=$(nproc)
+  [ "$cap" = auto ] && cap=$((cpus < 4 ? cpus : 4))
+  local need=$(((conns + 63) / 64))
+  echo $((need < cap ? need : cap))
+}
+
+@test "python3: 150 concurrent keep-alive connections, relay threads spread them" {
+  NGINX_WORKER_CONNECTIONS=512 start_nginx "$port" server
+  run --separate-stderr shim "$PY" "$PYCLIENT" many 150 4 localhost "$port"
+  assert_status 0
+  assert_output_has "many=ok conns=150"
+  assert_output_has "relay_threads=$(relay_threads_want 150)"
+  [ "$(grep -c 'GET /many/' "$BATS_TEST_TMPDIR/nginx-$port/access.log")" -eq 600 ]
+}
+
+@test "python3: relay_threads=1 keeps 150 connections on one relay thread" {
+  NGINX_WORKER_CONNECTIONS=512 start_nginx "$port" server
+  run --separate-stderr shim TLSSHIM_RELAY_THREADS=1 "$PY" "$PYCLIENT" many 150 2 \
+    localhost "$port"
+  assert_status 0
+  assert_output_has "many=ok conns=150"
+  assert_output_has "relay_threads=1"
+}
+
 @test "wget -qO- http://localhost:" {
   start_nginx "$port" server
   run --separate-stderr shim wget -q -O - --tries=1 --timeout=10 \

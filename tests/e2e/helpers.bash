@@ -173,7 +173,7 @@ master_process off;
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log notice;
-events { worker_connections 64; }
+events { worker_connections ${NGINX_WORKER_CONNECTIONS:-64}; }
 http {
   access_log $dir/access.log;
   client_body_temp_path $dir/client_body;

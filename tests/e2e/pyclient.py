@@ -11,6 +11,14 @@ usage:
       connected, 3 otherwise.
   pyclient.py urlopen URL
       urllib.request.urlopen(URL, timeout=5); print the body.
+  pyclient.py many COUNT ROUNDS HOST PORT
+      Open COUNT connections to an HTTP server (all held at once), then from
+      a thread per connection send ROUNDS keep-alive requests for
+      /many/<conn>/<round> on each, all concurrently, and check that each
+      answer names its own URI. Prints "many=ok conns=COUNT" (or the first
+      mismatch) and "relay_threads=N", the threads of this process named
+      tlsshim-relay*, counted while every connection is open. Exit 0 if
+      every answer matched.
   pyclient.py unix DIR
       Exchange a line over socketpair(AF_UNIX) and over an AF_UNIX
       listener in DIR; print "unix=ok".
@@ -19,6 +27,7 @@ import errno
 import os
 import socket
 import sys
+import threading
 import time
 import urllib.request
 
@@ -78,6 +87,77 @@ def cmd_connect(argv):
     return 0 if ok else 3
 
 
+def http_answer(sock):
+    """One HTTP/1.1 answer with a Content-Length body; returns the body."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise OSError("connection closed in the header")
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise OSError("connection closed in the body")
+        body += chunk
+    return body.decode(errors="replace")
+
+
+def relay_threads():
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            if f.read().startswith("tlsshim-relay"):
+                n += 1
+    return n
+
+
+def cmd_many(argv):
+    count, rounds, host, port = int(argv[0]), int(argv[1]), argv[2], int(argv[3])
+    ai = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
+    socks = []
+    for _ in range(count):
+        s = socket.socket(ai[0], ai[1], ai[2])
+        s.settimeout(20)
+        s.connect(ai[4])
+        socks.append(s)
+    errors = []
+    start = threading.Barrier(count)
+
+    def run(i):
+        try:
+            start.wait(20)
+            for r in range(rounds):
+                uri = f"/many/{i}/{r}"
+                socks[i].sendall(f"GET {uri} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                body = http_answer(socks[i])
+                if f"uri={uri}\n" not in body:
+                    errors.append(f"{uri}: {body!r}")
+                    return
+        except (OSError, threading.BrokenBarrierError) as e:
+            errors.append(f"connection {i}: {e!r}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"relay_threads={relay_threads()}")
+    for s in socks:
+        s.close()
+    if errors:
+        print(f"many=failed errors={len(errors)} first={errors[0]}")
+        return 3
+    print(f"many=ok conns={count}")
+    return 0
+
+
 def cmd_urlopen(argv):
     with urllib.request.urlopen(argv[0], timeout=5) as r:
         sys.stdout.write(r.read().decode(errors="replace"))
@@ -104,7 +184,7 @@ def cmd_unix(argv):
 
 
 def main():
-    cmds = {"connect": cmd_connect, "urlopen": cmd_urlopen, "unix": cmd_unix}
+    cmds = {"connect": cmd_connect, "urlopen": cmd_urlopen, "unix": cmd_unix, "many": cmd_many}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

@@ -289,6 +289,26 @@ TEST_F(ConfFile, RelaySpinSetting)
 	unsetenv("TLSSHIM_RELAY_SPIN_US");
 }
 
+TEST_F(ConfFile, RelayThreadsSetting)
+{
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\n"), "");
+	EXPECT_EQ(last_->relay_threads, 0) << "the default: auto";
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_threads=1\n"), "");
+	EXPECT_EQ(last_->relay_threads, 1);
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_threads=4\n"), "");
+	EXPECT_EQ(last_->relay_threads, 4);
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_threads=3\nrelay_threads=AUTO\n"),
+	          "");
+	EXPECT_EQ(last_->relay_threads, 0);
+	setenv("TLSSHIM_RELAY_THREADS", "2", 1);
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_threads=1\n"), "");
+	EXPECT_EQ(last_->relay_threads, 2) << "the environment wins";
+	setenv("TLSSHIM_RELAY_THREADS", "0", 1);
+	EXPECT_NE(load("[tlsshim]\nca_file=" + ca() + "\n").find("TLSSHIM_RELAY_THREADS"),
+	          std::string::npos);
+	unsetenv("TLSSHIM_RELAY_THREADS");
+}
+
 TEST_F(ConfFile, EnvironmentOverridesGlobalKeys)
 {
 	setenv("TLSSHIM_HANDSHAKE_TIMEOUT", "2", 1);
@@ -377,6 +397,11 @@ INSTANTIATE_TEST_SUITE_P(
                 ErrorCase{"spin too long", "relay_spin_us=1001\n", "relay_spin_us = 1001"},
                 ErrorCase{"spin not a number", "relay_spin_us=50us\n", "relay_spin_us = 50us"},
                 ErrorCase{"spin negative", "relay_spin_us=-1\n", "relay_spin_us = -1"},
+                ErrorCase{"no relay thread", "relay_threads=0\n", "relay_threads = 0"},
+                ErrorCase{"too many relay threads", "relay_threads=5\n", "relay_threads = 5"},
+                ErrorCase{"relay threads not a number", "relay_threads=two\n",
+                          "relay_threads = two"},
+                ErrorCase{"relay threads trailing", "relay_threads=2x\n", "relay_threads = 2x"},
                 ErrorCase{"bad ocsp_fetch", "ocsp_fetch=maybe\n", "ocsp_fetch = maybe"},
                 ErrorCase{"bad protocol", "min_protocol=SSLv3\n", "min_protocol = SSLv3"},
                 ErrorCase{"bad timeout", "handshake_timeout=forever\n", "handshake_timeout"},

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -429,10 +431,13 @@ TEST(RelaySpin, SpinningAndPeekingKeepEveryByteInOrder)
 	EXPECT_LE(after.hits - before.hits, after.spins - before.spins);
 	EXPECT_LE(after.window_ns, after.bound_ns);
 
-	// Idle now: the relay stops polling and sleeps.
-	unsigned long blocks = after.blocks;
-	EXPECT_TRUE(spin_stats_reach(
-	        [&](const struct relay_spin_stats &st) { return st.blocks > blocks; }));
+	// Idle now: the relay stops polling and sleeps in a blocking wait.  (Not
+	// "blocks grew since `after`": a slow test thread may read `after` once
+	// the relay has already given up spinning, or the last batch may have
+	// been too large to arm a spin at all.)
+	EXPECT_TRUE(spin_stats_reach([&](const struct relay_spin_stats &st) {
+		return st.sleeping && st.blocks >= after.blocks;
+	}));
 
 	// Half-close after peeked traffic: EOF reaches the server, comes back.
 	shutdown(w.app, SHUT_WR);
@@ -465,6 +470,157 @@ TEST(RelaySpin, ZeroDisablesIt)
 	close(w.app);
 	EXPECT_TRUE(relay_settles_at(0));
 	relay_set_spin_us(was.bound_ns / 1000);
+}
+
+// --- more than one relay thread ----------------------------------------------
+
+// How many threads the policy allows after `k` connections were added (none
+// closed): one more each time every thread carries `per`, up to `limit`.
+int threads_after(int k, int per, int limit)
+{
+	return std::min(limit, (k + per - 1) / per);
+}
+
+struct ThreadCase {
+	const char *what;
+	long ncpu;
+	int per;
+	int conns;
+	int want_threads;
+	const char *setting = nullptr; // TLSSHIM_RELAY_THREADS, if any
+	int set_threads = 0;           // its number; 0: auto, min(CPUs, 4)
+	int limit() const
+	{
+		return set_threads > 0 ? set_threads : std::min(static_cast<int>(ncpu), 4);
+	}
+};
+
+// Runs in a fresh process (a death test's child): opens `tc.conns` echo
+// connections with the threshold forced to `tc.per` and the CPU count to
+// `tc.ncpu`, checks the thread count after every one, moves patterned data
+// over all of them at once, closes them all, and exits 0 only when every
+// check held.  The child's exit runs the relay's atexit (every thread
+// joined) and, under ASan, the leak check.
+[[noreturn]] void run_thread_case(const ThreadCase &tc)
+{
+	bool ok = true;
+	auto fail = [&](const std::string &why) {
+		fprintf(stderr, "%s: %s\n", tc.what, why.c_str());
+		ok = false;
+	};
+	if (tc.setting != nullptr)
+		setenv("TLSSHIM_RELAY_THREADS", tc.setting, 1); // read at the first thread's start
+	relay_set_ncpu(tc.ncpu);
+	relay_set_conns_per_thread(tc.per);
+	if (relay_nthreads() != 0)
+		fail("a thread ran before the first connection");
+	int fds_before = count_fds();
+
+	std::vector<Wrapped> conns;
+	for (int k = 1; k <= tc.conns; k++) {
+		conns.push_back(wrap_echo());
+		int want = threads_after(k, tc.per, tc.limit());
+		if (relay_nthreads() != want)
+			fail("after " + std::to_string(k) + " connections " +
+			     std::to_string(relay_nthreads()) + " threads, want " +
+			     std::to_string(want));
+	}
+	if (relay_nthreads() != tc.want_threads)
+		fail("threads " + std::to_string(relay_nthreads()));
+	// Least-loaded placement: the connections spread evenly.
+	long most = 0, least = tc.conns;
+	for (int i = 0; i < relay_nthreads(); i++) {
+		most = std::max(most, relay_count_on(i));
+		least = std::min(least, relay_count_on(i));
+	}
+	if (most - least > tc.per || relay_count() != tc.conns)
+		fail("unbalanced: " + std::to_string(least) + ".." + std::to_string(most));
+	if (relay_count_on(relay_nthreads()) != -1)
+		fail("a thread past the last one reports connections");
+
+	// Every connection at once, each with its own stream, small and bulk.
+	std::vector<std::thread> users;
+	std::atomic<int> bad{0};
+	for (int i = 0; i < tc.conns; i++)
+		users.emplace_back([&, i] {
+			const size_t sizes[] = {1, 4096, 65537, 300000, 7, 16384};
+			size_t off = static_cast<size_t>(i) * 7919u; // a different stream each
+			for (size_t len : sizes)
+				if (!exchange(conns[i].app, len, &off)) {
+					bad++;
+					return;
+				}
+			shutdown(conns[i].app, SHUT_WR);
+			if (!reads_eof(conns[i].app))
+				bad++;
+		});
+	for (auto &u : users)
+		u.join();
+	if (bad != 0)
+		fail(std::to_string(bad.load()) + " connections lost or reordered data");
+	for (auto &w : conns) {
+		close(w.app);
+		w.peer.reset();
+	}
+	if (!relay_settles_at(0))
+		fail("connections left in the relay");
+	for (int i = 0; i < relay_nthreads(); i++)
+		if (relay_count_on(i) != 0)
+			fail("thread " + std::to_string(i) + " still holds connections");
+	// Each running thread keeps its epoll set and eventfd; nothing else stays.
+	if (count_fds() != fds_before + 2 * relay_nthreads())
+		fail("descriptors: " + std::to_string(count_fds()) + ", want " +
+		     std::to_string(fds_before + 2 * relay_nthreads()));
+	exit(ok ? 0 : 1);
+}
+
+void PrintTo(const ThreadCase &tc, std::ostream *os)
+{
+	*os << tc.what;
+}
+
+class RelayThreads : public ::testing::TestWithParam<ThreadCase>
+{
+};
+
+TEST_P(RelayThreads, SpreadsConnectionsAndKeepsEveryStream)
+{
+	// A fresh process per case: relay threads, once started, run until exit.
+	GTEST_FLAG_SET(death_test_style, "threadsafe");
+	const ThreadCase &tc = GetParam();
+	EXPECT_EXIT(run_thread_case(tc), ::testing::ExitedWithCode(0), "") << tc.what;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+        Policy, RelayThreads,
+        ::testing::Values(ThreadCase{"one CPU never starts a second thread", 1, 4, 12, 1},
+                          ThreadCase{"two CPUs: two threads", 2, 4, 12, 2},
+                          ThreadCase{"3x the threshold on four CPUs: three threads", 4, 4, 12, 3},
+                          ThreadCase{"never more than four", 16, 2, 12, 4},
+                          ThreadCase{"below the threshold: one thread", 4, 16, 12, 1},
+                          ThreadCase{"exactly the threshold: still one", 4, 6, 6, 1},
+                          ThreadCase{"relay_threads=1 on four CPUs: one", 4, 2, 12, 1, "1", 1},
+                          ThreadCase{"relay_threads=3 on one CPU: three (the setting wins)", 1, 2,
+                                     12, 3, "3", 3},
+                          ThreadCase{"relay_threads=auto: the CPUs", 2, 2, 12, 2, "auto", 0}));
+
+TEST(RelayThreadsHooks, DefaultsComeBack)
+{
+	// Out-of-range values restore the defaults; nothing else observable
+	// changes in this process, which keeps its single thread.
+	relay_set_conns_per_thread(0);
+	relay_set_ncpu(-1);
+	Wrapped w = wrap_echo();
+	size_t off = 0;
+	EXPECT_TRUE(exchange(w.app, 100, &off));
+	EXPECT_EQ(relay_nthreads(), 1);
+	EXPECT_EQ(relay_count_on(0), 1);
+	EXPECT_EQ(relay_count_on(-1), -1);
+	EXPECT_EQ(relay_count_on(1), -1);
+	shutdown(w.app, SHUT_WR);
+	EXPECT_TRUE(reads_eof(w.app));
+	close(w.app);
+	EXPECT_TRUE(relay_settles_at(0));
 }
 
 } // namespace
