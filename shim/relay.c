@@ -32,7 +32,10 @@
  * EOF for the program (shutdown(SHUT_WR) on the socketpair).
  *
  * Adaptive busy-polling (relay_wait): after a batch that forwarded a little
- * data (a request or a response, not bulk), the thread polls epoll without
+ * data (a request or a response, not bulk) for the same single connection
+ * as the batch before (a conversation, relay_spin_arm; when many
+ * connections are busy the next event comes soon anyway, and the CPU is
+ * better left to the threads that make them), the thread polls epoll without
  * sleeping for a short window before it blocks, because on an interactive
  * connection the answer (the server's response, or the program's next
  * request) usually follows within tens of microseconds, and a thread that
@@ -201,6 +204,8 @@ struct relay_thread {
 	long spin_window;      /* thread only */
 	long spin_seen;        /* thread only: the bound it last saw */
 	unsigned spin_skipped; /* thread only: armed waits without a window */
+	/* thread only: the connection the last batch served, if it served one (compared, never used) */
+	const void *spin_conn;
 	atomic_ulong st_armed, st_spins, st_hits, st_blocks;
 	atomic_long st_window;
 	atomic_bool st_sleeping;
@@ -989,6 +994,14 @@ long relay_spin_adapt(long window_ns, long max_ns, long waited_ns, bool hit)
 	return want < max_ns ? want : max_ns;
 }
 
+bool relay_spin_arm(size_t moved, const void *only, bool mixed, const void **last)
+{
+	bool same = !mixed && only != NULL && only == *last;
+
+	*last = mixed ? NULL : only;
+	return same && moved > 0 && moved <= SPIN_ARM_MAX;
+}
+
 long relay_spin_bound(long spin_us, long ncpu)
 {
 	long us = spin_us < 0 ? 0 : spin_us < SPIN_US_MAX ? spin_us : SPIN_US_MAX;
@@ -1135,7 +1148,8 @@ static void *relay_main(void *arg)
 	struct epoll_event evs[MAX_EVENTS];
 	long deadline = 0;
 	int timeout = -1;
-	bool armed = false;
+	bool armed = false, mixed;
+	const struct relay_conn *only;
 	char name[16];
 
 	/* Visible in top -H, ps -L and perf: "tlsshim-relay0" ... */
@@ -1162,6 +1176,8 @@ static void *relay_main(void *arg)
 		pthread_mutex_unlock(&t->lock);
 
 		t->moved = 0;
+		only = NULL;
+		mixed = false;
 		for (i = 0; i < n; i++) {
 			struct side *s = evs[i].data.ptr;
 
@@ -1174,6 +1190,10 @@ static void *relay_main(void *arg)
 			}
 			if (s->c->dead)
 				continue;
+			if (only == NULL)
+				only = s->c;
+			else if (only != s->c)
+				mixed = true;
 			if (s->which == SIDE_APP)
 				pump(s->c, evs[i].events, 0);
 			else
@@ -1183,8 +1203,13 @@ static void *relay_main(void *arg)
 		 * Spin only after interactive traffic: a bulk transfer has its
 		 * next data queued already or waits for a peer that is busy
 		 * producing it, and a spinning relay would only take its CPU.
+		 * And only for a conversation: this batch and the one before
+		 * served the same single connection (a request, then its
+		 * answer).  When many connections are busy, consecutive batches
+		 * serve different ones, events come soon without spinning, and
+		 * the CPU is better left to the threads that make them.
 		 */
-		armed = t->moved > 0 && t->moved <= SPIN_ARM_MAX;
+		armed = relay_spin_arm(t->moved, only, mixed, &t->spin_conn);
 
 		timeout = expire_handshakes(t);
 		if (exiting) {
@@ -1280,6 +1305,7 @@ static struct relay_thread *relay_start_locked(void)
 	t->exiting = t->stopped = false;
 	t->spin_seen = -1;
 	t->spin_skipped = 0;
+	t->spin_conn = NULL;
 	if (atomic_load(&relay_spin_max_ns) < 0)
 		atomic_store(&relay_spin_max_ns,
 		             relay_spin_bound(conf_get()->relay_spin_us, relay_ncpu()));

@@ -120,4 +120,13 @@ long relay_spin_adapt(long window_ns, long max_ns, long waited_ns, bool hit);
  */
 long relay_spin_bound(long spin_us, long ncpu);
 
+/*
+ * Whether the wait after a batch spins first: the batch forwarded 1..4096
+ * bytes, and it and the batch before served one and the same connection
+ * (`only`, NULL when the batch served none; `mixed` when it served more
+ * than one).  `*last` is the thread's memory of the batch before; it is
+ * updated.  The pointers are only compared.
+ */
+bool relay_spin_arm(size_t moved, const void *only, bool mixed, const void **last);
+
 #endif

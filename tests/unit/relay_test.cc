@@ -350,6 +350,33 @@ TEST(RelaySpin, BoundFromSettingAndCpus)
 		        << c.us << " us with " << c.ncpu << " CPUs";
 }
 
+TEST(RelaySpin, ArmsOnlyForOneConversation)
+{
+	int a = 0, b = 0; // two connections (only their addresses count)
+	const void *last = nullptr;
+	// A request on A, then its answer: the second batch spins.
+	EXPECT_FALSE(relay_spin_arm(64, &a, false, &last)) << "first batch of A";
+	EXPECT_TRUE(relay_spin_arm(64, &a, false, &last)) << "A again";
+	EXPECT_TRUE(relay_spin_arm(4096, &a, false, &last)) << "at the interactive bound";
+	EXPECT_FALSE(relay_spin_arm(4097, &a, false, &last)) << "bulk";
+	EXPECT_FALSE(relay_spin_arm(0, &a, false, &last)) << "nothing moved";
+	EXPECT_TRUE(relay_spin_arm(1, &a, false, &last)) << "A still";
+	// Many connections busy: consecutive batches serve different ones.
+	last = nullptr;
+	for (int i = 0; i < 8; i++) {
+		EXPECT_FALSE(relay_spin_arm(64, &a, false, &last)) << "A after B, " << i;
+		EXPECT_FALSE(relay_spin_arm(64, &b, false, &last)) << "B after A, " << i;
+	}
+	// A batch that served both forgets: the next one cannot spin either.
+	EXPECT_FALSE(relay_spin_arm(64, &b, true, &last)) << "mixed";
+	EXPECT_EQ(last, nullptr);
+	EXPECT_FALSE(relay_spin_arm(64, &b, false, &last)) << "after mixed";
+	EXPECT_TRUE(relay_spin_arm(64, &b, false, &last)) << "B's conversation";
+	// A batch of wake-ups only (no connection) does not spin and forgets.
+	EXPECT_FALSE(relay_spin_arm(0, nullptr, false, &last));
+	EXPECT_FALSE(relay_spin_arm(64, &b, false, &last));
+}
+
 // Waits (bounded) until `pred` holds for the relay's counters.
 template <typename Pred> bool spin_stats_reach(Pred pred)
 {
