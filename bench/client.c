@@ -203,18 +203,14 @@ static double cpu_self(void)
 	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-/* CPU seconds of process `pid` and its reaped children (socat's forks). */
-static double cpu_of(long pid)
+/* CPU seconds in a /proc stat file: a process's and its reaped children's, or a thread's. */
+static double cpu_in(const char *path)
 {
 	unsigned long long ut = 0, st = 0, cut = 0, cst = 0;
-	char path[64], buf[1024], *p;
+	char buf[1024], *p;
 	size_t n;
-	FILE *f;
+	FILE *f = fopen(path, "r");
 
-	if (pid <= 0)
-		return 0;
-	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-	f = fopen(path, "r");
 	if (f == NULL)
 		return 0;
 	n = fread(buf, 1, sizeof(buf) - 1, f);
@@ -226,6 +222,17 @@ static double cpu_of(long pid)
 	           &st, &cut, &cst) != 4)
 		return 0;
 	return (double)(ut + st + cut + cst) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds of process `pid` and its reaped children (socat's forks). */
+static double cpu_of(long pid)
+{
+	char path[64];
+
+	if (pid <= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	return cpu_in(path);
 }
 
 static int mode_bulk(bool up, uint64_t bytes)
@@ -359,11 +366,11 @@ static long proc_kb(long pid, const char *file, const char *field)
 	return v;
 }
 
-/* Proportional set size of `pid` and all its descendants, in kB. */
-static long tree_pss_kb(long pid, int depth)
+/* `of(pid)` summed over `pid` and all its descendants (negative: pid gone). */
+static double tree_sum(long pid, int depth, double (*of)(long pid))
 {
 	char path[64], buf[4096];
-	long total = proc_kb(pid, "smaps_rollup", "Pss");
+	double total = of(pid);
 	DIR *d;
 	struct dirent *e;
 
@@ -393,12 +400,23 @@ static long tree_pss_kb(long pid, int depth)
 
 			if (end == p)
 				break;
-			total += tree_pss_kb(child, depth + 1);
+			total += tree_sum(child, depth + 1, of);
 		}
 	}
 	if (d != NULL)
 		closedir(d);
 	return total;
+}
+
+static double pss_kb_of(long pid)
+{
+	return (double)proc_kb(pid, "smaps_rollup", "Pss");
+}
+
+/* Proportional set size of `pid` and all its descendants, in kB. */
+static long tree_pss_kb(long pid, int depth)
+{
+	return (long)tree_sum(pid, depth, pss_kb_of);
 }
 
 /*
@@ -548,6 +566,35 @@ static void *many_main(void *p)
 	return NULL;
 }
 
+/* CPU seconds of this process's threads whose name starts with `prefix`. */
+static double cpu_of_threads(const char *prefix)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	double sum = 0;
+
+	while (d != NULL && (e = readdir(d)) != NULL) {
+		char path[96], name[32] = "";
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%.20s/comm", e->d_name);
+		f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		if (fgets(name, sizeof(name), f) == NULL)
+			name[0] = '\0';
+		fclose(f);
+		snprintf(path, sizeof(path), "/proc/self/task/%.20s/stat", e->d_name);
+		if (strncmp(name, prefix, strlen(prefix)) == 0)
+			sum += cpu_in(path);
+	}
+	if (d != NULL)
+		closedir(d);
+	return sum;
+}
+
 /* Threads of this process, from /proc/self/task. */
 static long count_tasks(void)
 {
@@ -575,7 +622,7 @@ static int mode_many(long n, double seconds, size_t size)
 	struct many_arg *a = calloc((size_t)n, sizeof(*a));
 	pthread_t *th = calloc((size_t)n, sizeof(*th));
 	pthread_barrier_t start;
-	double cpu0, hcpu0, t0, t1;
+	double cpu0, hcpu0, cpu1, hcpu1, rcpu0, t0, t1;
 	long i, reqs = 0, failed = 0, extra;
 
 	if (a == NULL || th == NULL || n < 1 || size < 1 || size > (1 << 20))
@@ -596,7 +643,9 @@ static int mode_many(long n, double seconds, size_t size)
 	/* Threads besides the program's own: tlsshim's relay threads. */
 	extra = count_tasks() - (n + 1);
 	cpu0 = cpu_self();
-	hcpu0 = cpu_of(watch);
+	rcpu0 = cpu_of_threads("tlsshim-relay");
+	/* socat's children live as long as their connections: count them too. */
+	hcpu0 = watch > 0 ? tree_sum(watch, 0, cpu_of) : 0;
 	t0 = bench_now();
 	for (i = 0; i < n; i++)
 		a[i].deadline = t0 + seconds;
@@ -607,13 +656,17 @@ static int mode_many(long n, double seconds, size_t size)
 		failed += a[i].failed;
 	}
 	t1 = bench_now();
+	hcpu1 = watch > 0 ? tree_sum(watch, 0, cpu_of) : 0;
+	cpu1 = cpu_self();
 	if (failed > 0)
 		die("many: a connection failed");
-	printf("rps=%.1f MBps=%.1f cpu_us_per_req=%.2f reqs=%ld conns=%ld size=%zu "
-	       "other_threads=%ld\n",
+	printf("rps=%.1f MBps=%.1f cpu_us_per_req=%.2f helper_cpu_us_per_req=%.2f "
+	       "relay_cpu_us_per_req=%.2f reqs=%ld conns=%ld size=%zu other_threads=%ld\n",
 	       (double)reqs / (t1 - t0), (double)reqs * (double)size * 2 / (t1 - t0) / 1e6,
-	       (cpu_self() - cpu0 + cpu_of(watch) - hcpu0) * 1e6 / (double)(reqs ? reqs : 1), reqs,
-	       n, size, extra);
+	       (cpu1 - cpu0 + hcpu1 - hcpu0) * 1e6 / (double)(reqs ? reqs : 1),
+	       (hcpu1 - hcpu0) * 1e6 / (double)(reqs ? reqs : 1),
+	       (cpu_of_threads("tlsshim-relay") - rcpu0) * 1e6 / (double)(reqs ? reqs : 1), reqs, n,
+	       size, extra);
 	for (i = 0; i < n; i++)
 		conn_close(&a[i].c);
 	pthread_barrier_destroy(&start);

@@ -150,8 +150,8 @@ lines.append("[3] the same program with and without LD_PRELOAD (the in-process c
 lines.append("    best of 15 interleaved runs of 100,000 4 KiB pwrite()s on tmpfs (close/open every 256).")
 lines.append("[4] all threads of the client process (the relay thread too), whole run incl. handshake.")
 lines.append("[5] CPU time of the client process (all threads: tlsshim's relay too) plus stunnel's")
-lines.append("    or socat's, per GiB moved; the server's is not counted.  Less sensitive to other")
-lines.append("    load on the machine than the MB/s figures.")
+lines.append("    or socat's (and socat's children), per GiB moved or per request; the server's is")
+lines.append("    not counted.  Less sensitive to other load on the machine than the rates.")
 lines.append("[6] the same tlsshim run with TLSSHIM_RELAY_THREADS=1 (the default starts another relay")
 lines.append("    thread per 64 connections, up to the CPUs, at most 4).")
 if meta:
