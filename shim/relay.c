@@ -142,6 +142,7 @@ struct relay_conn {
 	struct relay_conn *next; /* the thread's connections, or its zombie list */
 	struct relay_conn *prev;
 	struct relay_thread *t; /* the thread that serves it, for life */
+	uint64_t id;            /* unique in the process, never 0 (relay_spin_arm) */
 	struct side sides[2];
 	int app_fd;
 	int net_fd;
@@ -181,6 +182,7 @@ struct relay_conn {
  * relay_add().  `lock` guards the fields marked so; the rest belongs to the
  * thread alone (or is set before the thread starts).
  */
+/* Aligned: one thread's hot counters never share a cache line with another's lock. */
 struct relay_thread {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -204,12 +206,11 @@ struct relay_thread {
 	long spin_window;      /* thread only */
 	long spin_seen;        /* thread only: the bound it last saw */
 	unsigned spin_skipped; /* thread only: armed waits without a window */
-	/* thread only: the connection the last batch served, if it served one (compared, never used) */
-	const void *spin_conn;
+	uint64_t spin_conn;    /* thread only: id of the connection the last batch served, or 0 */
 	atomic_ulong st_armed, st_spins, st_hits, st_blocks;
 	atomic_long st_window;
 	atomic_bool st_sleeping;
-};
+} __attribute__((aligned(64)));
 
 /*
  * relay_lock guards which instances run (relay_started: instances
@@ -227,7 +228,10 @@ _Static_assert(RELAY_THREADS_MAX == 4, "one RELAY_THREAD_INIT per instance");
 static struct relay_thread relay_threads[RELAY_THREADS_MAX] = {
         RELAY_THREAD_INIT, RELAY_THREAD_INIT, RELAY_THREAD_INIT, RELAY_THREAD_INIT};
 static atomic_int relay_started;
-static bool relay_exiting; /* under relay_lock: atexit ran; no more threads */
+static bool relay_exiting;     /* under relay_lock: atexit ran; no more threads */
+static int relay_cap;          /* under relay_lock: relay_threads_cap(), 0 until asked */
+static long relay_retry_ms;    /* under relay_lock: no new thread before (a start failed) */
+static uint64_t relay_next_id; /* under relay_lock */
 static bool relay_atexit_set;
 static atomic_long relay_per_thread = RELAY_CONNS_PER_THREAD; /* relay_set_conns_per_thread() */
 static atomic_long relay_ncpu_override;                       /* relay_set_ncpu(); 0: none */
@@ -994,11 +998,11 @@ long relay_spin_adapt(long window_ns, long max_ns, long waited_ns, bool hit)
 	return want < max_ns ? want : max_ns;
 }
 
-bool relay_spin_arm(size_t moved, const void *only, bool mixed, const void **last)
+bool relay_spin_arm(size_t moved, uint64_t only, bool mixed, uint64_t *last)
 {
-	bool same = !mixed && only != NULL && only == *last;
+	bool same = !mixed && only != 0 && only == *last;
 
-	*last = mixed ? NULL : only;
+	*last = mixed ? 0 : only;
 	return same && moved > 0 && moved <= SPIN_ARM_MAX;
 }
 
@@ -1149,7 +1153,7 @@ static void *relay_main(void *arg)
 	long deadline = 0;
 	int timeout = -1;
 	bool armed = false, mixed;
-	const struct relay_conn *only;
+	uint64_t only;
 	char name[16];
 
 	/* Visible in top -H, ps -L and perf: "tlsshim-relay0" ... */
@@ -1176,7 +1180,7 @@ static void *relay_main(void *arg)
 		pthread_mutex_unlock(&t->lock);
 
 		t->moved = 0;
-		only = NULL;
+		only = 0;
 		mixed = false;
 		for (i = 0; i < n; i++) {
 			struct side *s = evs[i].data.ptr;
@@ -1190,9 +1194,9 @@ static void *relay_main(void *arg)
 			}
 			if (s->c->dead)
 				continue;
-			if (only == NULL)
-				only = s->c;
-			else if (only != s->c)
+			if (only == 0)
+				only = s->c->id;
+			else if (only != s->c->id)
 				mixed = true;
 			if (s->which == SIDE_APP)
 				pump(s->c, evs[i].events, 0);
@@ -1305,7 +1309,8 @@ static struct relay_thread *relay_start_locked(void)
 	t->exiting = t->stopped = false;
 	t->spin_seen = -1;
 	t->spin_skipped = 0;
-	t->spin_conn = NULL;
+	t->spin_conn = 0;
+	t->net_more = false;
 	if (atomic_load(&relay_spin_max_ns) < 0)
 		atomic_store(&relay_spin_max_ns,
 		             relay_spin_bound(conf_get()->relay_spin_us, relay_ncpu()));
@@ -1334,33 +1339,45 @@ err:
 /*
  * The most threads this process may run: the relay_threads setting, or with
  * `auto` the CPUs it may use (a second thread on one CPU only adds
- * switches), never more than RELAY_THREADS_MAX.  Asked only when another
- * thread is due: sched_getaffinity() is a system call.
+ * switches), never more than RELAY_THREADS_MAX.  Asked once (caller holds
+ * relay_lock), when another thread is first due: sched_getaffinity() is a
+ * system call, and the answer is kept until a fork or relay_set_ncpu().
  */
 static int relay_threads_cap(void)
 {
 	int set = conf_get()->relay_threads;
 	long ncpu;
 
-	if (set > 0)
-		return set < RELAY_THREADS_MAX ? set : RELAY_THREADS_MAX;
-	ncpu = relay_ncpu();
-	return ncpu < 1 ? 1 : ncpu < RELAY_THREADS_MAX ? (int)ncpu : RELAY_THREADS_MAX;
+	if (relay_cap > 0)
+		return relay_cap;
+	if (set > 0) {
+		relay_cap = set < RELAY_THREADS_MAX ? set : RELAY_THREADS_MAX;
+	} else {
+		ncpu = relay_ncpu();
+		relay_cap = ncpu < 1 ? 1 : ncpu < RELAY_THREADS_MAX ? (int)ncpu : RELAY_THREADS_MAX;
+	}
+	return relay_cap;
 }
 
 /*
  * Caller holds relay_lock.  The thread for a new connection: the
  * least-loaded one, or a new one when every thread carries the threshold
  * and the limits allow (see RELAY_CONNS_PER_THREAD).  NULL with errno when
- * no thread runs and none could be started.
+ * no thread runs and none could be started, or once the process is exiting
+ * (relay_atexit ran: a connection given to a stopping thread would never
+ * move a byte, and a thread started now would race OpenSSL's teardown).
  */
 static struct relay_thread *relay_pick_locked(void)
 {
 	int n = atomic_load_explicit(&relay_started, memory_order_relaxed), i;
 	long per = atomic_load_explicit(&relay_per_thread, memory_order_relaxed);
 	struct relay_thread *best = NULL, *t;
-	long best_load = 0;
+	long best_load = 0, now;
 
+	if (relay_exiting) {
+		errno = ECONNABORTED;
+		return NULL;
+	}
 	for (i = 0; i < n; i++) {
 		long load;
 
@@ -1373,13 +1390,17 @@ static struct relay_thread *relay_pick_locked(void)
 			best_load = load;
 		}
 	}
-	if (best != NULL && (best_load < per || n >= RELAY_THREADS_MAX || relay_exiting))
+	if (best != NULL && (best_load < per || n >= RELAY_THREADS_MAX))
 		return best;
 	if (best != NULL && n >= relay_threads_cap())
 		return best;
+	now = relay_now_ms();
+	if (best != NULL && now < relay_retry_ms)
+		return best; /* a start failed a moment ago: do not retry on every connection */
 	t = relay_start_locked();
 	if (t == NULL && best != NULL) {
-		log_debug("relay: another thread could not start");
+		log_debug("relay: another thread could not start; retrying in 10 s");
+		relay_retry_ms = now + 10000;
 		return best; /* the running ones carry on */
 	}
 	return t;
@@ -1433,16 +1454,19 @@ int relay_add(const struct relay_spec *spec)
 	/* MSG_PEEK then advances an offset, so a peek never returns a byte twice. */
 	c->app_peek =
 	        real.setsockopt(c->app_fd, SOL_SOCKET, SO_PEEK_OFF, &(int){0}, sizeof(int)) == 0;
-	wbio = wbio_new(c);
 	pthread_mutex_lock(&relay_lock);
 	t = relay_pick_locked();
 	if (t == NULL) {
+		int saved = errno;
+
 		pthread_mutex_unlock(&relay_lock);
-		BIO_free(wbio);
 		free(c);
+		errno = saved;
 		return -1;
 	}
 	c->t = t;
+	c->id = ++relay_next_id;
+	wbio = wbio_new(c); /* only now: nothing of OpenSSL's is touched when refusing */
 	pthread_mutex_lock(&t->lock);
 	ev.events = c->net_mask;
 	ev.data.ptr = &c->sides[SIDE_NET];
@@ -1524,7 +1548,10 @@ void relay_set_conns_per_thread(long n)
 
 void relay_set_ncpu(long n)
 {
+	pthread_mutex_lock(&relay_lock);
 	atomic_store(&relay_ncpu_override, n > 0 ? n : 0);
+	relay_cap = 0; /* ask again */
+	pthread_mutex_unlock(&relay_lock);
 }
 
 /*
@@ -1576,5 +1603,7 @@ void relay_atfork_child(void)
 	}
 	atomic_store_explicit(&relay_started, 0, memory_order_relaxed);
 	relay_exiting = false;
+	relay_cap = 0;
+	relay_retry_ms = 0;
 	pthread_mutex_init(&relay_lock, NULL);
 }

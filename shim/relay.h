@@ -17,6 +17,7 @@
 
 #include <openssl/ssl.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* What a finished handshake hands to the relay. */
@@ -123,10 +124,10 @@ long relay_spin_bound(long spin_us, long ncpu);
 /*
  * Whether the wait after a batch spins first: the batch forwarded 1..4096
  * bytes, and it and the batch before served one and the same connection
- * (`only`, NULL when the batch served none; `mixed` when it served more
- * than one).  `*last` is the thread's memory of the batch before; it is
- * updated.  The pointers are only compared.
+ * (`only`, its id, 0 when the batch served none; `mixed` when it served
+ * more than one).  `*last` is the thread's memory of the batch before; it
+ * is updated.
  */
-bool relay_spin_arm(size_t moved, const void *only, bool mixed, const void **last);
+bool relay_spin_arm(size_t moved, uint64_t only, bool mixed, uint64_t *last);
 
 #endif

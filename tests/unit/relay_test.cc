@@ -352,29 +352,29 @@ TEST(RelaySpin, BoundFromSettingAndCpus)
 
 TEST(RelaySpin, ArmsOnlyForOneConversation)
 {
-	int a = 0, b = 0; // two connections (only their addresses count)
-	const void *last = nullptr;
+	const uint64_t a = 1, b = 2; // two connections' ids
+	uint64_t last = 0;
 	// A request on A, then its answer: the second batch spins.
-	EXPECT_FALSE(relay_spin_arm(64, &a, false, &last)) << "first batch of A";
-	EXPECT_TRUE(relay_spin_arm(64, &a, false, &last)) << "A again";
-	EXPECT_TRUE(relay_spin_arm(4096, &a, false, &last)) << "at the interactive bound";
-	EXPECT_FALSE(relay_spin_arm(4097, &a, false, &last)) << "bulk";
-	EXPECT_FALSE(relay_spin_arm(0, &a, false, &last)) << "nothing moved";
-	EXPECT_TRUE(relay_spin_arm(1, &a, false, &last)) << "A still";
+	EXPECT_FALSE(relay_spin_arm(64, a, false, &last)) << "first batch of A";
+	EXPECT_TRUE(relay_spin_arm(64, a, false, &last)) << "A again";
+	EXPECT_TRUE(relay_spin_arm(4096, a, false, &last)) << "at the interactive bound";
+	EXPECT_FALSE(relay_spin_arm(4097, a, false, &last)) << "bulk";
+	EXPECT_FALSE(relay_spin_arm(0, a, false, &last)) << "nothing moved";
+	EXPECT_TRUE(relay_spin_arm(1, a, false, &last)) << "A still";
 	// Many connections busy: consecutive batches serve different ones.
-	last = nullptr;
+	last = 0;
 	for (int i = 0; i < 8; i++) {
-		EXPECT_FALSE(relay_spin_arm(64, &a, false, &last)) << "A after B, " << i;
-		EXPECT_FALSE(relay_spin_arm(64, &b, false, &last)) << "B after A, " << i;
+		EXPECT_FALSE(relay_spin_arm(64, a, false, &last)) << "A after B, " << i;
+		EXPECT_FALSE(relay_spin_arm(64, b, false, &last)) << "B after A, " << i;
 	}
 	// A batch that served both forgets: the next one cannot spin either.
-	EXPECT_FALSE(relay_spin_arm(64, &b, true, &last)) << "mixed";
-	EXPECT_EQ(last, nullptr);
-	EXPECT_FALSE(relay_spin_arm(64, &b, false, &last)) << "after mixed";
-	EXPECT_TRUE(relay_spin_arm(64, &b, false, &last)) << "B's conversation";
+	EXPECT_FALSE(relay_spin_arm(64, b, true, &last)) << "mixed";
+	EXPECT_EQ(last, 0u);
+	EXPECT_FALSE(relay_spin_arm(64, b, false, &last)) << "after mixed";
+	EXPECT_TRUE(relay_spin_arm(64, b, false, &last)) << "B's conversation";
 	// A batch of wake-ups only (no connection) does not spin and forgets.
-	EXPECT_FALSE(relay_spin_arm(0, nullptr, false, &last));
-	EXPECT_FALSE(relay_spin_arm(64, &b, false, &last));
+	EXPECT_FALSE(relay_spin_arm(0, 0, false, &last));
+	EXPECT_FALSE(relay_spin_arm(64, b, false, &last));
 }
 
 // Waits (bounded) until `pred` holds for the relay's counters.
@@ -630,6 +630,54 @@ INSTANTIATE_TEST_SUITE_P(
                           ThreadCase{"relay_threads=3 on one CPU: three (the setting wins)", 1, 2,
                                      12, 3, "3", 3},
                           ThreadCase{"relay_threads=auto: the CPUs", 2, 2, 12, 2, "auto", 0}));
+
+// A connection offered after the relay's exit handler ran (another exit
+// handler, registered before the relay's, runs after it) is refused at once:
+// its thread is stopping and would never move a byte.
+SSL *late_ssl; // made before the exit handlers are registered
+int late_app = -1, late_net = -1;
+
+void add_after_relay_exit()
+{
+	struct relay_spec spec {
+	};
+	spec.app_fd = late_app;
+	spec.net_fd = late_net;
+	spec.ssl = late_ssl;
+	long before = relay_count();
+	errno = 0;
+	int rc = relay_add(&spec);
+	_exit(rc == -1 && errno == ECONNABORTED && relay_count() == before ? 42 : 4);
+}
+
+[[noreturn]] void run_add_after_exit()
+{
+	// OpenSSL's own exit handler is registered first (by the context), ours
+	// next, the relay's last (at its first thread): they run the other way.
+	int app[2], net[2];
+	char err[256];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, app) != 0 ||
+	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, net) != 0)
+		_exit(2);
+	SSL_CTX *ctx = tlsio_client_ctx(err, sizeof(err));
+	late_ssl = ctx != nullptr ? SSL_new(ctx) : nullptr;
+	if (late_ssl == nullptr || SSL_set_fd(late_ssl, net[0]) != 1)
+		_exit(3);
+	late_app = app[1];
+	late_net = net[0];
+	atexit(add_after_relay_exit);
+	Wrapped w = wrap_echo();
+	size_t off = 0;
+	if (!exchange(w.app, 100, &off))
+		_exit(5);
+	exit(0);
+}
+
+TEST(RelayThreadsHooks, RefusesConnectionsOnceExiting)
+{
+	GTEST_FLAG_SET(death_test_style, "threadsafe");
+	EXPECT_EXIT(run_add_after_exit(), ::testing::ExitedWithCode(42), "");
+}
 
 TEST(RelayThreadsHooks, DefaultsComeBack)
 {
