@@ -44,9 +44,10 @@
  * a blocking wait turned out short, halves when a wait was longer than the
  * bound, down to no spinning at all), so an idle or slow connection costs no
  * CPU, and it is never longer than relay_spin_us (configuration key, or
- * TLSSHIM_RELAY_SPIN_US; default 50 us; 0 disables it).  Never on a machine, or under an affinity
- * mask, with a single CPU: there the spinning thread would hold the very CPU
- * the peer needs to answer.  Interactive reads from the program are also
+ * TLSSHIM_RELAY_SPIN_US; default 50 us; 0 disables it).  Never where the
+ * process may use a single CPU (machine, affinity mask or cgroup CPU quota,
+ * relay_ncpu): there the spinning thread would hold the very CPU the peer
+ * needs to answer, or burn the quota.  Interactive reads from the program are also
  * peeked before they are consumed (pump_up), to keep a spurious wake-up of
  * the program off the request's path.
  */
@@ -1014,12 +1015,120 @@ long relay_spin_bound(long spin_us, long ncpu)
 }
 
 /*
- * CPUs this process may run on: online ones, within its affinity mask, or
- * what relay_set_ncpu() said (tests).
+ * CPUs a CPU quota allows along a cgroup path: the smallest ceil(quota /
+ * period) of `dir` and its ancestors up to `root`, or 0 when none is set.
+ * `v2`: cpu.max ("max 100000" or "50000 100000"); else cgroup v1's
+ * cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us.
+ */
+static long cgroup_quota_cpus(const char *root, const char *path, bool v2)
+{
+	char dir[512], file[600];
+	long best = 0;
+
+	if ((size_t)snprintf(dir, sizeof(dir), "%s", path) >= sizeof(dir))
+		return 0;
+	for (;;) {
+		long long quota = -1, period = 0;
+		char *slash;
+		FILE *f;
+
+		if (v2) {
+			char q[32] = "";
+
+			snprintf(file, sizeof(file), "%s%s/cpu.max", root, dir);
+			f = fopen(file, "re");
+			if (f != NULL) {
+				if (fscanf(f, "%31s %lld", q, &period) == 2 && q[0] >= '0' &&
+				    q[0] <= '9')
+					quota = strtoll(q, NULL, 10);
+				fclose(f);
+			}
+		} else {
+			snprintf(file, sizeof(file), "%s%s/cpu.cfs_quota_us", root, dir);
+			f = fopen(file, "re");
+			if (f != NULL) {
+				if (fscanf(f, "%lld", &quota) != 1)
+					quota = -1;
+				fclose(f);
+			}
+			snprintf(file, sizeof(file), "%s%s/cpu.cfs_period_us", root, dir);
+			f = quota > 0 ? fopen(file, "re") : NULL;
+			if (f != NULL) {
+				if (fscanf(f, "%lld", &period) != 1)
+					period = 0;
+				fclose(f);
+			}
+		}
+		if (quota > 0 && period > 0) {
+			long n = (long)((quota + period - 1) / period);
+
+			if (best == 0 || n < best)
+				best = n;
+		}
+		slash = strrchr(dir, '/');
+		if (slash == NULL || dir[0] == '\0')
+			break;
+		*slash = '\0'; /* "/a/b" -> "/a" -> "" (the root itself, last) */
+	}
+	return best;
+}
+
+long relay_cgroup_cpus(const char *self_cgroup, const char *root)
+{
+	FILE *f = fopen(self_cgroup, "re");
+	char line[1024], sub[600];
+	long best = 0;
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *ctl = strchr(line, ':'), *path, *nl;
+		long n = 0;
+
+		if (ctl == NULL || (path = strchr(ctl + 1, ':')) == NULL)
+			continue;
+		*path++ = '\0';
+		*ctl++ = '\0'; /* line: the hierarchy number; ctl: the controllers */
+		if ((nl = strchr(path, '\n')) != NULL)
+			*nl = '\0';
+		if (path[0] != '/')
+			continue;
+		if (strcmp(path, "/") == 0)
+			path = "";
+		if (strcmp(line, "0") == 0 && ctl[0] == '\0') {
+			n = cgroup_quota_cpus(root, path, true);
+		} else {
+			/* v1: the line whose controllers include "cpu"; its mount point's name varies. */
+			static const char *const mounts[] = {"/cpu", "/cpu,cpuacct",
+			                                     "/cpuacct,cpu"};
+			char *tok, *save = NULL;
+			bool cpu = false;
+			size_t i;
+
+			for (tok = strtok_r(ctl, ",", &save); tok != NULL;
+			     tok = strtok_r(NULL, ",", &save))
+				cpu = cpu || strcmp(tok, "cpu") == 0;
+			for (i = 0; cpu && i < sizeof(mounts) / sizeof(mounts[0]) && n == 0; i++) {
+				snprintf(sub, sizeof(sub), "%s%s", root, mounts[i]);
+				n = cgroup_quota_cpus(sub, path, false);
+			}
+		}
+		if (n > 0 && (best == 0 || n < best))
+			best = n;
+	}
+	fclose(f);
+	return best;
+}
+
+/*
+ * CPUs this process may use: online ones, within its affinity mask and its
+ * cgroup's CPU quota (a service unit's CPUQuota=, a container's --cpus), or
+ * what relay_set_ncpu() said (tests).  A quota of half a CPU counts as one:
+ * no second relay thread, and no busy-polling that would only burn quota.
  */
 static long relay_ncpu(void)
 {
-	long n = atomic_load_explicit(&relay_ncpu_override, memory_order_relaxed);
+	long n = atomic_load_explicit(&relay_ncpu_override, memory_order_relaxed), q;
 	cpu_set_t set;
 
 	if (n > 0)
@@ -1027,6 +1136,9 @@ static long relay_ncpu(void)
 	n = sysconf(_SC_NPROCESSORS_ONLN);
 	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) < n)
 		n = CPU_COUNT(&set);
+	q = relay_cgroup_cpus("/proc/self/cgroup", "/sys/fs/cgroup");
+	if (q > 0 && q < n)
+		n = q;
 	return n;
 }
 

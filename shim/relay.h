@@ -130,4 +130,14 @@ long relay_spin_bound(long spin_us, long ncpu);
  */
 bool relay_spin_arm(size_t moved, uint64_t only, bool mixed, uint64_t *last);
 
+/*
+ * The CPUs a cgroup CPU quota leaves this process (ceil(quota / period), the
+ * smallest along its cgroup and their ancestors), from `self_cgroup` (the
+ * format of /proc/self/cgroup, v2 "0::/path" or v1 "N:cpu,...:/path") and
+ * the cgroup file systems under `root` (/sys/fs/cgroup); 0 when no quota is
+ * set or nothing could be read.  Used with the affinity mask for the relay
+ * thread count and the busy-polling bound.
+ */
+long relay_cgroup_cpus(const char *self_cgroup, const char *root);
+
 #endif

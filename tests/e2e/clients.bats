@@ -103,6 +103,42 @@ relay_threads_want() { # connections [setting]: what the policy allows
   assert_output_has "relay_threads=1"
 }
 
+# make_quota_cgroup: a child of this process's cgroup limited to half a CPU
+# (cgroup v1 cpu controller or v2 cpu.max); prints its directory, or fails
+# when this host does not let us make one.
+make_quota_cgroup() {
+  local parent d
+  parent=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ {print $3}' /proc/self/cgroup)
+  for base in /sys/fs/cgroup/cpu /sys/fs/cgroup/cpu,cpuacct; do
+    if [ -n "$parent" ] && [ -w "$base$parent/cgroup.procs" ]; then
+      d=$base${parent%/}/tlsshim-e2e-$$-$BATS_TEST_NUMBER
+      mkdir "$d" 2>/dev/null && echo 50000 >"$d/cpu.cfs_quota_us" && echo "$d" && return 0
+      rmdir "$d" 2>/dev/null
+    fi
+  done
+  parent=$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)
+  d=/sys/fs/cgroup${parent%/}/tlsshim-e2e-$$-$BATS_TEST_NUMBER
+  if grep -qw cpu "/sys/fs/cgroup${parent%/}/cgroup.subtree_control" 2>/dev/null &&
+    mkdir "$d" 2>/dev/null; then
+    echo "50000 100000" >"$d/cpu.max" && echo "$d" && return 0
+    rmdir "$d" 2>/dev/null
+  fi
+  return 1
+}
+
+@test "python3 in a cgroup with half a CPU of quota: one relay thread for 150 connections" {
+  local cg
+  cg=$(make_quota_cgroup) || skip "cannot make a cgroup with a CPU quota here"
+  NGINX_WORKER_CONNECTIONS=512 start_nginx "$port" server
+  # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
+  run --separate-stderr shim sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" \
+    "$PY" "$PYCLIENT" many 150 2 localhost "$port"
+  rmdir "$cg"
+  assert_status 0
+  assert_output_has "many=ok conns=150"
+  assert_output_has "relay_threads=1"
+}
+
 @test "wget -qO- http://localhost:" {
   start_nginx "$port" server
   run --separate-stderr shim wget -q -O - --tries=1 --timeout=10 \

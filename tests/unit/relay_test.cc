@@ -377,6 +377,94 @@ TEST(RelaySpin, ArmsOnlyForOneConversation)
 	EXPECT_FALSE(relay_spin_arm(64, b, false, &last));
 }
 
+// --- CPU quotas -----------------------------------------------------------------
+
+// A fake /proc/self/cgroup and cgroup file systems in a temporary directory.
+class CgroupQuota : public ::testing::Test
+{
+      protected:
+	void SetUp() override
+	{
+		char tmpl[] = "/tmp/relay-cgroup-XXXXXX";
+		ASSERT_NE(mkdtemp(tmpl), nullptr);
+		root_ = tmpl;
+	}
+	void TearDown() override
+	{
+		std::string cmd = "rm -rf '" + root_ + "'";
+		EXPECT_EQ(system(cmd.c_str()), 0);
+	}
+	// Writes `text` to root/rel, making its directories.
+	void put(const std::string &rel, const std::string &text)
+	{
+		std::string path = root_ + "/" + rel;
+		std::string cmd = "mkdir -p \"$(dirname '" + path + "')\"";
+		ASSERT_EQ(system(cmd.c_str()), 0);
+		FILE *f = fopen(path.c_str(), "w");
+		ASSERT_NE(f, nullptr);
+		fputs(text.c_str(), f);
+		fclose(f);
+	}
+	long cpus(const std::string &self)
+	{
+		put("self", self);
+		return relay_cgroup_cpus((root_ + "/self").c_str(), (root_ + "/fs").c_str());
+	}
+	std::string root_;
+};
+
+TEST_F(CgroupQuota, V2QuotaIsTheSmallestAlongThePath)
+{
+	put("fs/svc/cpu.max", "150000 100000\n"); // 1.5 CPUs: 2
+	put("fs/svc/app/cpu.max", "max 100000\n");
+	EXPECT_EQ(cpus("0::/svc/app\n"), 2);
+	put("fs/cpu.max", "50000 100000\n"); // the root: half a CPU, 1
+	EXPECT_EQ(cpus("0::/svc/app\n"), 1);
+	put("fs/svc/app/cpu.max", "400000 100000\n");
+	EXPECT_EQ(cpus("0::/svc/app\n"), 1) << "an ancestor's quota still binds";
+}
+
+TEST_F(CgroupQuota, V2WithoutAQuota)
+{
+	put("fs/svc/cpu.max", "max 100000\n");
+	EXPECT_EQ(cpus("0::/svc\n"), 0);
+	EXPECT_EQ(cpus("0::/\n"), 0) << "a namespace root with no cpu.max";
+	EXPECT_EQ(cpus("0::/nowhere\n"), 0);
+}
+
+TEST_F(CgroupQuota, V1CpuController)
+{
+	put("fs/cpu,cpuacct/unit/cpu.cfs_quota_us", "250000\n");
+	put("fs/cpu,cpuacct/unit/cpu.cfs_period_us", "100000\n");
+	EXPECT_EQ(cpus("12:memory:/unit\n4:cpu,cpuacct:/unit\n0::/\n"), 3);
+	put("fs/cpu,cpuacct/unit/cpu.cfs_quota_us", "-1\n");
+	EXPECT_EQ(cpus("4:cpu,cpuacct:/unit\n"), 0) << "-1: no quota";
+	put("fs/cpu/job/cpu.cfs_quota_us", "100000\n");
+	put("fs/cpu/job/cpu.cfs_period_us", "100000\n");
+	EXPECT_EQ(cpus("3:cpu:/job\n"), 1);
+	EXPECT_EQ(cpus("2:cpuacct:/job\n"), 0) << "cpuacct alone sets no quota";
+}
+
+TEST_F(CgroupQuota, GarbageAndMissingFilesAreNoQuota)
+{
+	EXPECT_EQ(relay_cgroup_cpus((root_ + "/missing").c_str(), root_.c_str()), 0);
+	put("fs/x/cpu.max", "lots 100000\n");
+	EXPECT_EQ(cpus("0::/x\n"), 0);
+	put("fs/x/cpu.max", "100000 0\n");
+	EXPECT_EQ(cpus("0::/x\n"), 0) << "a zero period";
+	EXPECT_EQ(cpus("garbage\n::\n0::relative\n"), 0);
+	std::string longpath = "0::/" + std::string(2000, 'a') + "\n";
+	EXPECT_EQ(cpus(longpath), 0);
+}
+
+TEST(CgroupQuotaHost, ThisHostParses)
+{
+	// Whatever the host's cgroups say, the answer is a CPU count or "none".
+	long n = relay_cgroup_cpus("/proc/self/cgroup", "/sys/fs/cgroup");
+	EXPECT_GE(n, 0);
+	EXPECT_LE(n, 1 << 20);
+}
+
 // Waits (bounded) until `pred` holds for the relay's counters.
 template <typename Pred> bool spin_stats_reach(Pred pred)
 {
