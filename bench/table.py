@@ -29,6 +29,8 @@ def med(wl, who, key):
 
 COLS = ["plaintext", "in-process", "tlsshim", "stunnel", "socat"]
 # workload, label, key, contender per column (None: not measured), lower is better
+many_n = [int(r["conns"]) for r in runs.get(("many", "inproc"), []) if "conns" in r]
+relay_threads = [r.get("other_threads") for r in runs.get(("many", "tlsshim"), []) if "other_threads" in r]
 ROWS = [
     ("up", "bulk upload, MB/s", "MBps", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], False),
     ("down", "bulk download, MB/s", "MBps", ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], False),
@@ -40,18 +42,13 @@ ROWS = [
      ["plaintext", "inproc", "tlsshim", "stunnel-noresume", "socat"], False),
     ("resume", "new conn/s, resumption [1]", "cps",
      ["plaintext", "inproc-resume", "tlsshim", "stunnel", "socat"], False),
-    ("many", "{many} busy conns, 1 KiB req/s", "rps",
+    ("many", (f"{many_n[0]:,}" if many_n else "N") + " busy conns, 1 KiB req/s", "rps",
      ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], False),
     ("many", "  same, one relay thread [6]", "rps", ["-", "inproc", "tlsshim-1t", "-", "-"], False),
     ("many", "  CPU us per request [5]", "cpu_us_per_req",
      ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True),
     ("many", "  same, one relay thread [6]", "cpu_us_per_req", ["-", "inproc", "tlsshim-1t", "-", "-"], True),
 ]
-many_n = [r.get("conns") for r in runs.get(("many", "inproc"), []) if "conns" in r]
-relay_threads = [r.get("other_threads") for r in runs.get(("many", "tlsshim"), []) if "other_threads" in r]
-for i, row in enumerate(ROWS):
-    if "{many}" in row[1]:
-        ROWS[i] = (row[0], row[1].replace("{many}", f"{int(many_n[0]):,}" if many_n else "N"), *row[2:])
 for wl in sorted({k[0] for k in runs if k[0].startswith("idle")}, key=lambda w: int(w[4:])):
     n = int(wl[4:])
     ROWS.append((wl, f"{n:,} idle conns, KiB/conn [2]", "KiB_per_conn",
