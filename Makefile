@@ -29,7 +29,7 @@ CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror $(SANFL
 LDHARDEN := -Wl,-z,relro,-z,now
 LIBS := -lssl -lcrypto -ldl -lpthread
 
-LIB_MODULES := real conf names fdreg log ocsp staple tlsio policy relay shim
+LIB_MODULES := real conf names fdreg log ocsp staple tlsio policy uring relay shim
 LIB_OBJS := $(LIB_MODULES:%=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard shim/*.h)
 
@@ -66,9 +66,10 @@ UNIT_DEPS_fdreg := fdreg real
 UNIT_DEPS_log := log conf names fdreg real
 UNIT_DEPS_tlsio := tlsio ocsp staple log fdreg real conf names
 UNIT_DEPS_policy := policy conf names tlsio ocsp staple log fdreg real
-UNIT_DEPS_relay := relay log conf names fdreg real tlsio ocsp staple
+UNIT_DEPS_relay := relay uring log conf names fdreg real tlsio ocsp staple
 UNIT_DEPS_ocsp := ocsp staple tlsio log conf names fdreg real
 UNIT_DEPS_staple := staple ocsp tlsio log conf names fdreg real
+UNIT_DEPS_uring := uring real
 UNIT_TESTS := $(patsubst tests/unit/%_test.cc,%,$(wildcard tests/unit/*_test.cc))
 UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/tests/%_test)
 

@@ -442,10 +442,24 @@ static long raise_nofile(long need)
 	return (long)rl.rlim_cur;
 }
 
+/* Descriptors open in this process now. */
+static long open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	long n = 0;
+
+	if (d == NULL)
+		return -1;
+	while (readdir(d) != NULL)
+		n++;
+	closedir(d);
+	return n;
+}
+
 static int mode_idle(long n)
 {
 	struct conn *c = calloc((size_t)n + 1, sizeof(*c));
-	long rss0, rss1, pss0 = 0, pss1 = 0, i, held, limit;
+	long rss0, rss1, pss0 = 0, pss1 = 0, fds0, fds1, i, held, limit;
 	const char *why = "none";
 	double t0, t1;
 
@@ -458,6 +472,7 @@ static int mode_idle(long n)
 		die("first connection");
 	usleep(200000);
 	rss0 = proc_kb(0, "status", "VmRSS");
+	fds0 = open_fds();
 	if (watch > 0)
 		pss0 = tree_pss_kb(watch, 0);
 	t0 = bench_now();
@@ -488,13 +503,15 @@ static int mode_idle(long n)
 	t1 = bench_now();
 	usleep(500000); /* let relays and helpers settle (session tickets, buffers) */
 	rss1 = proc_kb(0, "status", "VmRSS");
+	fds1 = open_fds();
 	if (watch > 0)
 		pss1 = tree_pss_kb(watch, 0);
+	/* fds_per_conn: descriptors this process holds per connection (tlsshim's parking). */
 	printf("KiB_per_conn=%.1f client_KiB=%.1f helper_KiB=%.1f held=%ld open_secs=%.2f "
-	       "nofile=%ld stopped_by=%s\n",
+	       "nofile=%ld stopped_by=%s fds_per_conn=%.2f\n",
 	       (double)((rss1 - rss0) + (pss1 - pss0)) / (double)n,
 	       (double)(rss1 - rss0) / (double)n, (double)(pss1 - pss0) / (double)n, n, t1 - t0,
-	       limit, why);
+	       limit, why, (double)(fds1 - fds0) / (double)n);
 	fflush(stdout);
 	for (i = 0; i <= n; i++)
 		conn_close(&c[i]);

@@ -53,6 +53,8 @@ for wl in sorted({k[0] for k in runs if k[0].startswith("idle")}, key=lambda w: 
     n = int(wl[4:])
     ROWS.append((wl, f"{n:,} idle conns, KiB/conn [2]", "KiB_per_conn",
                  ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True))
+    ROWS.append((wl, "  descriptors/conn, client [7]", "fds_per_conn",
+                 ["plaintext", "inproc", "tlsshim", "stunnel", "socat"], True))
 
 
 def best(wl, who, key):
@@ -70,6 +72,8 @@ def fmt(v):
         return "-"
     if abs(v) >= 100:
         return f"{v:.0f}"
+    if abs(v) < 10 and v != int(v):
+        return f"{v:.2f}"
     return f"{v:.1f}"
 
 
@@ -110,7 +114,7 @@ for wl, label, key, who, lower in ROWS:
         checks.append(("median round trip <= 1.25x in-process", shim / ref <= 1.25, f"{shim / ref:.2f}x"))
     if wl == "resume" and ref:
         checks.append(("conn/s with resumption >= 0.9x in-process", shim / ref >= 0.9, f"{shim / ref:.2f}x"))
-    if wl.startswith("idle"):
+    if wl.startswith("idle") and key == "KiB_per_conn":
         n, h = int(wl[4:]), held(wl, "tlsshim")
         checks.append((f"{n} idle conns: <= 48 KiB each", shim <= 48, f"{shim:.1f} KiB"))
         checks.append((f"{n} idle conns held in one process", h == n,
@@ -142,7 +146,7 @@ lines.append("    does.  tlsshim resumes in both rows: its per-process session c
 lines.append("    turned off, so its full-handshake figure is mostly resumed connections too.")
 lines.append("[2] RSS growth of the client process per connection (plus stunnel's/socat's PSS),")
 lines.append("    after one warm-up connection; kernel socket memory is not in RSS.  [N]: only N")
-lines.append("    connections could be held (descriptor limit; tlsshim needs three per connection).")
+lines.append("    connections could be held (descriptor limit).")
 lines.append("[3] the same program with and without LD_PRELOAD (the in-process column is without);")
 lines.append("    best of 15 interleaved runs of 100,000 4 KiB pwrite()s on tmpfs (close/open every 256).")
 lines.append("[4] all threads of the client process (the relay thread too), whole run incl. handshake.")
@@ -151,6 +155,9 @@ lines.append("    or socat's (and socat's children), per GiB moved or per reques
 lines.append("    not counted.  Less sensitive to other load on the machine than the rates.")
 lines.append("[6] the same tlsshim run with TLSSHIM_RELAY_THREADS=1 (the default starts another relay")
 lines.append("    thread per 64 connections, up to the CPUs, at most 4).")
+lines.append("[7] descriptors the client process holds per idle connection (stunnel and socat hold")
+lines.append("    two more each in their own processes).  tlsshim's are parked (relay_park = auto):")
+lines.append("    an active connection holds three, an idle one only the program's.")
 if meta:
     lines.append("machine: " + "; ".join(f"{k} {v}" for k, v in meta.items()))
 lines.append("")

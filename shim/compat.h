@@ -38,6 +38,13 @@
 #define CLOSE_RANGE_UNSHARE (1U << 1)
 #endif
 
+/*
+ * io_uring's FIXED_FD_INSTALL request (Linux 6.8): an enum value in newer
+ * headers, absent from Debian 12's (6.1), so defined here by number, which
+ * is kernel ABI.  uring_open() asks the kernel whether it knows it.
+ */
+#define TLSSHIM_IORING_OP_FIXED_FD_INSTALL 54
+
 #define TLSSHIM_EXPORT __attribute__((visibility("default")))
 #define TLSSHIM_WUR    __attribute__((warn_unused_result))
 

@@ -164,6 +164,20 @@ static int parse_relay_threads(const char *text, int *out)
 	return 0;
 }
 
+/* relay_park: auto, always or off. */
+static int parse_relay_park(const char *text, enum conf_park *out)
+{
+	if (strcasecmp(text, "auto") == 0)
+		*out = PARK_AUTO;
+	else if (strcasecmp(text, "always") == 0)
+		*out = PARK_ALWAYS;
+	else if (strcasecmp(text, "off") == 0)
+		*out = PARK_OFF;
+	else
+		return -1;
+	return 0;
+}
+
 static int parse_ocsp(const char *text, enum conf_ocsp *out)
 {
 	if (strcasecmp(text, "prefer") == 0)
@@ -600,6 +614,9 @@ static void global_key(struct loader *ld, struct tls_set *set, const char *key, 
 	} else if (strcmp(key, "relay_threads") == 0) {
 		if (parse_relay_threads(value, &c->relay_threads) != 0)
 			fail(ld, "[tlsshim] relay_threads = %s: expected auto or 1 to 4", value);
+	} else if (strcmp(key, "relay_park") == 0) {
+		if (parse_relay_park(value, &c->relay_park) != 0)
+			fail(ld, "[tlsshim] relay_park = %s: expected auto, always or off", value);
 	} else if (strcmp(key, "rules") == 0) {
 		*rules_section = value;
 	} else if (strcmp(key, "log_stderr") == 0 || strcmp(key, "log_success") == 0) {
@@ -1093,6 +1110,9 @@ static void load_env(struct loader *ld)
 	if ((v = conf_env("TLSSHIM_RELAY_THREADS")) != NULL &&
 	    parse_relay_threads(v, &c->relay_threads) != 0)
 		fail(ld, "invalid TLSSHIM_RELAY_THREADS=\"%.200s\" (auto or 1 to 4)", v);
+	if ((v = conf_env("TLSSHIM_RELAY_PARK")) != NULL &&
+	    parse_relay_park(v, &c->relay_park) != 0)
+		fail(ld, "invalid TLSSHIM_RELAY_PARK=\"%.200s\" (auto, always or off)", v);
 	if ((v = conf_env("TLSSHIM_HANDSHAKE_TIMEOUT")) != NULL &&
 	    conf_parse_seconds(v, &c->handshake_timeout_ms) != 0)
 		fail(ld, "invalid TLSSHIM_HANDSHAKE_TIMEOUT=\"%.200s\" (seconds, 0.1 to 3600)", v);

@@ -91,6 +91,13 @@ struct conf_inbound {
 	int ocsp_fetch_timeout_ms; /* bound on each of those requests */
 };
 
+/*
+ * relay_park: whether an idle wrapped connection gives up its two relay
+ * descriptors (relay.c, "Parking"): `auto` once the shim's descriptors fill
+ * a quarter of the soft RLIMIT_NOFILE, `always`, or `off`.
+ */
+enum conf_park { PARK_AUTO = 0, PARK_ALWAYS, PARK_OFF };
+
 struct shim_conf {
 	bool usable;         /* false: refuse every outbound TCP connection */
 	char error[512];     /* why not usable, for the one stderr line */
@@ -104,15 +111,16 @@ struct shim_conf {
 	const char *ca_file;             /* = tls.ca_file (kept for brevity) */
 	const char *ca_dir;              /* = tls.ca_dir */
 	int handshake_timeout_ms;        /* bounds TCP connect + TLS handshake */
-	int relay_spin_us;        /* relay busy-poll bound after small messages, 0..1000 us */
-	int relay_threads;        /* most relay threads, 1..4; 0: auto (CPUs, at most 4) */
-	bool log_stderr;          /* copy each log line to standard error */
-	bool log_success;         /* also log every successful connection (audit) */
-	char log_socket[108];     /* syslog datagram socket, default /dev/log */
-	int log_facility;         /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
-	char log_ident[33];       /* syslog tag, default "tlsshim" */
-	int log_repeat_window_ms; /* identical failures folded within this window */
-	bool debug;               /* debug chatter on standard error */
+	int relay_spin_us;         /* relay busy-poll bound after small messages, 0..1000 us */
+	int relay_threads;         /* most relay threads, 1..4; 0: auto (CPUs, at most 4) */
+	enum conf_park relay_park; /* parking of idle connections' descriptors */
+	bool log_stderr;           /* copy each log line to standard error */
+	bool log_success;          /* also log every successful connection (audit) */
+	char log_socket[108];      /* syslog datagram socket, default /dev/log */
+	int log_facility;          /* syslog facility (LOG_AUTHPRIV ...), default authpriv */
+	char log_ident[33];        /* syslog tag, default "tlsshim" */
+	int log_repeat_window_ms;  /* identical failures folded within this window */
+	bool debug;                /* debug chatter on standard error */
 };
 
 /*

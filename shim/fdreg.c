@@ -87,6 +87,11 @@ bool fdreg_any_hidden(void)
 	return atomic_load_explicit(&hidden_count, memory_order_relaxed) > 0;
 }
 
+long fdreg_hidden_count(void)
+{
+	return atomic_load_explicit(&hidden_count, memory_order_relaxed);
+}
+
 bool fdreg_is_hidden(int fd)
 {
 	struct hidden_page *page;
@@ -297,19 +302,34 @@ bool fdreg_lookup(int fd, struct wrapped_info *out)
 	return n != NULL;
 }
 
-bool fdreg_tcp_sockopt(int fd, bool set, int level, int name, void *val, socklen_t *len, int *ret)
+void fdreg_set_tcp_fd(ino_t ino, int tcp_fd)
 {
 	struct wrapped_node *n;
-	bool done = false;
+
+	pthread_rwlock_wrlock(&wrapped_lock);
+	for (n = wrapped[bucket_of(ino)]; n != NULL; n = n->next)
+		if (n->ino == ino)
+			n->info.tcp_fd = tcp_fd;
+	pthread_rwlock_unlock(&wrapped_lock);
+}
+
+enum fdreg_sockopt fdreg_tcp_sockopt(int fd, bool set, int level, int name, void *val,
+                                     socklen_t *len, int *ret, ino_t *ino)
+{
+	struct wrapped_node *n;
+	enum fdreg_sockopt done = FDREG_SOCKOPT_NO;
 
 	if (atomic_load_explicit(&wrapped_count, memory_order_relaxed) == 0)
-		return false;
+		return FDREG_SOCKOPT_NO;
 	pthread_rwlock_rdlock(&wrapped_lock);
 	n = find_locked(fd);
 	if (n != NULL && n->info.tcp_fd >= 0) {
 		*ret = set ? real.setsockopt(n->info.tcp_fd, level, name, val, *len)
 		           : real.getsockopt(n->info.tcp_fd, level, name, val, len);
-		done = true;
+		done = FDREG_SOCKOPT_DONE;
+	} else if (n != NULL && n->info.tcp_fd == FDREG_TCP_PARKED) {
+		*ino = n->ino;
+		done = FDREG_SOCKOPT_PARKED;
 	}
 	pthread_rwlock_unlock(&wrapped_lock);
 	return done;

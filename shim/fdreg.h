@@ -26,8 +26,15 @@ struct wrapped_info {
 	socklen_t local_len;
 	int domain;   /* AF_INET or AF_INET6 */
 	int protocol; /* IPPROTO_TCP (or MPTCP) */
-	int tcp_fd;   /* hidden TCP descriptor, -1 after fork */
+	int tcp_fd;   /* hidden TCP descriptor, -1 after fork, FDREG_TCP_PARKED */
 };
+
+/*
+ * tcp_fd of a connection whose relay descriptors are parked (relay.c,
+ * "Parking"): the socket is open but has no descriptor until the relay
+ * takes it back (relay_unpark()).
+ */
+#define FDREG_TCP_PARKED (-2)
 
 /* Marks `fd` as the shim's own. Returns 0, or -1 (ENOMEM, EBADF). */
 int fdreg_hide(int fd) TLSSHIM_WUR;
@@ -52,6 +59,9 @@ bool fdreg_is_hidden(int fd);
 /* True when any descriptor is hidden (cheap early-out for close paths). */
 bool fdreg_any_hidden(void);
 
+/* How many descriptors are hidden now (the relay's measure of its own share). */
+long fdreg_hidden_count(void);
+
 /*
  * close_range() that leaves hidden descriptors open: the range is split
  * around them.  Same contract and errno as close_range(2).
@@ -73,13 +83,21 @@ int fdreg_remove(ino_t ino);
  */
 bool fdreg_lookup(int fd, struct wrapped_info *out);
 
+/* Sets the tcp_fd of the connection with inode `ino` (the relay parks it). */
+void fdreg_set_tcp_fd(ino_t ino, int tcp_fd);
+
 /*
  * Runs get/setsockopt on the hidden TCP socket of wrapped `fd`, under the
- * registry lock so the socket cannot be closed meanwhile.  Returns false if
- * `fd` is not wrapped or has no TCP socket here (after fork); otherwise true
- * with the call's result in *ret (errno set by it).
+ * registry lock so the socket cannot be closed meanwhile.  Returns
+ * FDREG_SOCKOPT_NO if `fd` is not wrapped or has no TCP socket here (after
+ * fork); FDREG_SOCKOPT_PARKED, with the connection's inode in *ino, when its
+ * socket is parked (nothing was done: relay_unpark() it and ask again);
+ * otherwise FDREG_SOCKOPT_DONE with the call's result in *ret (errno set by
+ * it).
  */
-bool fdreg_tcp_sockopt(int fd, bool set, int level, int name, void *val, socklen_t *len, int *ret);
+enum fdreg_sockopt { FDREG_SOCKOPT_NO = 0, FDREG_SOCKOPT_DONE, FDREG_SOCKOPT_PARKED };
+enum fdreg_sockopt fdreg_tcp_sockopt(int fd, bool set, int level, int name, void *val,
+                                     socklen_t *len, int *ret, ino_t *ino);
 
 /*
  * Fork handling: before fork, take the locks; after, release them.  In the

@@ -58,6 +58,7 @@
 #include "log.h"
 #include "tlsio.h"
 #include "real.h"
+#include "uring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -72,7 +73,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /*
@@ -122,7 +125,7 @@
 #define SPIN_PROBE   16        /* with no window, every 16th armed wait spins */
 #define SPIN_ARM_MAX PEEK_SIZE /* a batch that moved more is not interactive */
 
-enum { SIDE_APP = 0, SIDE_NET = 1, SIDE_WAKE = 2 };
+enum { SIDE_APP = 0, SIDE_NET = 1, SIDE_WAKE = 2, SIDE_RING = 3 };
 
 struct relay_conn;
 
@@ -174,6 +177,31 @@ struct relay_conn {
 	char rule[96];    /* inbound section, for log lines */
 	struct sockaddr_storage local;
 	struct tls_failure why; /* what the handshake found, for the log */
+	/*
+	 * Parking (see "Parking"): thread only, except `parked` and
+	 * `unpark_req`, which are written under t->lock (relay_unpark() reads
+	 * them there).
+	 */
+	bool parked;                    /* app_fd and net_fd live in the ring's table */
+	bool unpark_req;                /* relay_unpark() asks for the descriptors back */
+	bool unpark_queued;             /* on the thread's list to unpark */
+	bool unparking;                 /* relay_unpark_one() runs for it */
+	unsigned char park_armed;       /* bit per side: its poll request is outstanding */
+	int park_installs;              /* install completions still due */
+	int park_fd[2];                 /* what the installs gave */
+	unsigned int park_pair;         /* slots 2 * park_pair (app) and + 1 (net) */
+	long no_park_until;             /* CLOCK_MONOTONIC ms; 0: no such bound */
+	struct relay_conn *unpark_next; /* the thread's list to unpark */
+	bool unpark_waiting;            /* no descriptor was free: retried until one is */
+	bool on_retry;                  /* on the thread's retry list now */
+	long unpark_since;              /* CLOCK_MONOTONIC ms: the first try that failed */
+	struct relay_conn *retry_next;  /* the thread's retry list */
+};
+
+/* A pair of fixed-file slots: the connection parked there, and its generation. */
+struct park_pair {
+	struct relay_conn *c;
+	uint32_t gen; /* counts reuses: completions of an older use are ignored */
 };
 
 /*
@@ -211,6 +239,23 @@ struct relay_thread {
 	atomic_ulong st_armed, st_spins, st_hits, st_blocks;
 	atomic_long st_window;
 	atomic_bool st_sleeping;
+	/* Parking: thread only, except where marked. */
+	enum conf_park park_mode;
+	int ring_state; /* 0 not tried, 1 open, -1 unavailable */
+	struct uring ring;
+	struct side ring_side;
+	struct park_pair *pairs; /* ring.nfiles / 2 of them */
+	unsigned int npairs;
+	unsigned int fresh;       /* pairs [fresh, npairs) never used */
+	unsigned int *free_pairs; /* released pairs, a stack */
+	unsigned int nfree;
+	long nparked;       /* under lock */
+	bool unpark_wanted; /* under lock: some connection has unpark_req */
+	struct relay_conn *unpark_head;
+	struct relay_conn *retry_head; /* parked, woken, waiting for descriptors */
+	atomic_long st_waiting;        /* how many are on it (tests) */
+	long park_limit;               /* hidden descriptors at which `auto` parks */
+	long sweep_ms;                 /* next sweep of idle connections, CLOCK_MONOTONIC ms */
 } __attribute__((aligned(64)));
 
 /*
@@ -223,7 +268,7 @@ static pthread_mutex_t relay_lock = PTHREAD_MUTEX_INITIALIZER;
 #define RELAY_THREAD_INIT                                                                        \
 	{                                                                                        \
 		.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .epfd = -1, \
-		.wakefd = -1, .spin_seen = -1,                                                   \
+		.wakefd = -1, .spin_seen = -1, .ring = {.fd = -1},                               \
 	}
 _Static_assert(RELAY_THREADS_MAX == 4, "one RELAY_THREAD_INIT per instance");
 static struct relay_thread relay_threads[RELAY_THREADS_MAX] = {
@@ -490,6 +535,635 @@ static void relay_teardown(struct relay_conn *c)
 	c->next = t->zombies;
 	t->zombies = c;
 	pthread_mutex_unlock(&t->lock);
+}
+
+/* --- parking ---------------------------------------------------------------- */
+
+/*
+ * Parking.  A wrapped connection costs the process three descriptors: the
+ * program's end of the socketpair, the relay's end, and the TCP socket.  A
+ * program that holds many connections (a pool, a broker client, 10,000 idle
+ * sessions) would run out of descriptors three times sooner under the shim
+ * than without it.  So an idle connection gives its two relay descriptors
+ * up: their open files move into the thread's io_uring fixed-file table
+ * (which holds files without descriptors), the descriptors are closed, and
+ * one poll request per side waits in the ring.  The first event on either
+ * side (the program writes or closes, the server sends or closes) completes
+ * a poll, the ring's descriptor becomes readable in the thread's epoll set,
+ * and the thread takes both files back as descriptors
+ * (IORING_OP_FIXED_FD_INSTALL) and relays as before.  Nothing moves while
+ * parked, so nothing can be lost: a connection parks only with no data
+ * held anywhere (stashes, OpenSSL's read-ahead, pending writes) and both
+ * directions open.
+ *
+ * When: relay_park `auto` (the default) parks once the shim's hidden
+ * descriptors reach a quarter of the soft RLIMIT_NOFILE (park_limit_read),
+ * so a program with a few connections never pays the extra system calls
+ * (about ten per park and unpark); `always` parks every idle connection
+ * (tests, and programs that want the descriptors back early); `off` never.
+ * A connection becomes idle at the end of pump(); when pressure first
+ * appears, a sweep (at most once a second) parks the connections that were
+ * idle already.
+ *
+ * The program's getsockopt/setsockopt on a parked connection's TCP socket
+ * asks the thread to unpark it (relay_unpark) and waits, at most two
+ * seconds; it then stays unparked for a second.
+ *
+ * Where io_uring is missing, too old (before Linux 6.8), or forbidden
+ * (sysctl kernel.io_uring_disabled, a seccomp profile), nothing parks and
+ * one park_unavailable line says so.
+ */
+#define PARK_SQ_ENTRIES 64
+#define PARK_CQ_ENTRIES 4096
+#define PARK_SLOTS_MAX  (1U << 17)
+#define PARK_SWEEP_MS   1000
+#define PARK_HOLD_MS    1000 /* unparked for a getsockopt/setsockopt stays so this long */
+#define UNPARK_WAIT_MS  2000
+#define UNPARK_RETRY_MS 50 /* a connection waiting for descriptors tries again this often */
+
+/*
+ * How long a woken connection may wait for descriptors (the program holds
+ * them all) before it is closed: its peer or the program waits meanwhile.
+ */
+static atomic_long unpark_patience_ms = 10000;
+
+enum { UD_POLL = 1, UD_REMOVE = 2, UD_INSTALL = 3 };
+
+static long relay_now_ms(void);
+static void relay_unpark_one(struct relay_conn *c);
+static atomic_bool park_said; /* park_unavailable logged (once per process) */
+
+/* A ring request's tag: what it is, which side, which pair and generation. */
+static uint64_t park_ud(unsigned int kind, int side, unsigned int pair, uint32_t gen)
+{
+	return (uint64_t)gen << 32 | (uint64_t)pair << 3 | (uint64_t)side << 2 | kind;
+}
+
+/* Hidden descriptors at which `auto` parks: a quarter of the soft limit. */
+static long park_limit_read(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur > PARK_SLOTS_MAX)
+		return PARK_SLOTS_MAX / 4;
+	return rl.rlim_cur / 4 < 16 ? 16 : (long)rl.rlim_cur / 4;
+}
+
+static void park_unavailable(const char *why, int err)
+{
+	struct log_event ev;
+	char reason[160];
+
+	if (atomic_exchange(&park_said, true))
+		return;
+	snprintf(reason, sizeof(reason), "%s: %s: idle connections keep their three descriptors",
+	         why, strerror(err));
+	log_event_init(&ev, LOG_NOTICE, "park_unavailable");
+	ev.stage = "relay";
+	ev.reason = reason;
+	log_emit(&ev);
+}
+
+/*
+ * Opens the thread's ring on first use: a fixed-file table as large as the
+ * soft descriptor limit allows (the kernel's bound), its descriptor hidden
+ * and in the epoll set.  0, or -1 once and for all when io_uring cannot be
+ * used here.
+ */
+static int park_ring_open(struct relay_thread *t)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &t->ring_side};
+	struct rlimit rl;
+	unsigned int slots;
+	const char *step;
+	int fd;
+
+	if (t->ring_state != 0)
+		return t->ring_state > 0 ? 0 : -1;
+	t->ring_state = -1;
+	slots = PARK_SLOTS_MAX;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < slots)
+		slots = (unsigned int)rl.rlim_cur & ~1U;
+	step = "io_uring_setup";
+	if (slots < 2 || uring_open(&t->ring, PARK_SQ_ENTRIES, PARK_CQ_ENTRIES) != 0)
+		goto err;
+	step = "io_uring descriptor";
+	fd = fdreg_adopt(t->ring.fd); /* closes the original either way */
+	t->ring.fd = fd;
+	if (fd < 0)
+		goto err_ring;
+	step = "io_uring fixed-file table";
+	if (uring_files(&t->ring, slots) != 0)
+		goto err_ring;
+	t->npairs = slots / 2;
+	t->pairs = calloc(t->npairs, sizeof(*t->pairs));
+	t->free_pairs = malloc(t->npairs * sizeof(*t->free_pairs));
+	step = "memory";
+	if (t->pairs == NULL || t->free_pairs == NULL) {
+		errno = ENOMEM;
+		goto err_ring;
+	}
+	t->ring_side.c = NULL;
+	t->ring_side.which = SIDE_RING;
+	step = "epoll";
+	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+		goto err_ring;
+	t->fresh = t->nfree = 0;
+	t->ring_state = 1;
+	return 0;
+err_ring : {
+	int saved = errno;
+
+	if (t->ring.fd >= 0)
+		fdreg_unhide(t->ring.fd);
+	uring_close(&t->ring);
+	free(t->pairs);
+	free(t->free_pairs);
+	t->pairs = NULL;
+	t->free_pairs = NULL;
+	t->npairs = 0;
+	errno = saved;
+}
+err:
+	park_unavailable(step, errno);
+	return -1;
+}
+
+/* Whether parking is due now: `always`, or `auto` under descriptor pressure. */
+static bool park_due(const struct relay_thread *t)
+{
+	if (t->park_mode == PARK_ALWAYS)
+		return t->ring_state >= 0;
+	return t->park_mode == PARK_AUTO && t->ring_state >= 0 &&
+	       fdreg_hidden_count() >= t->park_limit;
+}
+
+/*
+ * Idle, with both directions open and no data held anywhere: nothing
+ * waits to be written, and the only thing OpenSSL waits for is the server's
+ * next record (a poll on the socket covers that).
+ */
+static bool park_candidate(const struct relay_conn *c)
+{
+	return !c->parked && !c->dead && !c->handshaking && c->app_mask == EPOLLIN &&
+	       c->net_mask == EPOLLIN && stash_empty(&c->up) && stash_empty(&c->down) &&
+	       c->ssl_up_wants == 0 && (c->ssl_down_wants & ~(unsigned int)EPOLLIN) == 0 &&
+	       !c->app_eof && !c->app_gone && !c->net_eof && !c->net_dead && !c->net_hup &&
+	       !c->notify_sent && !c->app_shut && SSL_has_pending(c->ssl) == 0;
+}
+
+struct park_req {
+	unsigned int kind;
+	unsigned int slot;
+	uint64_t ud;
+	uint64_t target;
+};
+
+static int park_issue(struct relay_thread *t, const void *arg)
+{
+	const struct park_req *q = arg;
+
+	switch (q->kind) {
+	case UD_POLL:
+		return uring_poll(&t->ring, q->slot, POLLIN | POLLRDHUP, q->ud);
+	case UD_REMOVE:
+		return uring_poll_remove(&t->ring, q->target, q->ud);
+	default:
+		return uring_install(&t->ring, q->slot, q->ud);
+	}
+}
+
+/* Queues one request, submitting what is queued first when the ring is full. */
+static int park_request(struct relay_thread *t, const struct park_req *q)
+{
+	if (park_issue(t, q) == 0)
+		return 0;
+	if (errno != EBUSY || uring_submit(&t->ring, 0) < 0)
+		return -1;
+	return park_issue(t, q);
+}
+
+/* Empties pair `p`'s slots (closing what only the table held) and frees it. */
+static void park_release_pair(struct relay_thread *t, unsigned int p)
+{
+	static const int none[2] = {-1, -1};
+
+	if (uring_files_set(&t->ring, 2 * p, none, 2) != 0)
+		log_debug("relay: emptying parked slots failed: %s", strerror(errno));
+	t->pairs[p].c = NULL;
+	t->pairs[p].gen++;
+	t->free_pairs[t->nfree++] = p;
+}
+
+/*
+ * Parks `c` (a park_candidate) if the ring and a free pair allow; otherwise
+ * it simply stays as it is.  `locked`: the caller holds t->lock.
+ */
+static void relay_park(struct relay_conn *c, bool locked)
+{
+	struct relay_thread *t = c->t;
+	struct park_req q;
+	unsigned int p;
+	int fds[2] = {c->app_fd, c->net_fd}, side;
+
+	if (c->no_park_until != 0) {
+		if (relay_now_ms() < c->no_park_until)
+			return;
+		c->no_park_until = 0;
+	}
+	if (park_ring_open(t) != 0)
+		return;
+	if (t->nfree > 0)
+		p = t->free_pairs[--t->nfree];
+	else if (t->fresh < t->npairs)
+		p = t->fresh++;
+	else
+		return; /* the table is full: this one keeps its descriptors */
+	if (uring_files_set(&t->ring, 2 * p, fds, 2) != 0) {
+		log_debug("relay: parking failed: %s", strerror(errno));
+		t->free_pairs[t->nfree++] = p;
+		return;
+	}
+	for (side = SIDE_APP; side <= SIDE_NET; side++) {
+		q.kind = UD_POLL;
+		q.slot = 2 * p + (unsigned int)side;
+		q.ud = park_ud(UD_POLL, side, p, t->pairs[p].gen);
+		if (park_request(t, &q) != 0)
+			break;
+	}
+	if (side <= SIDE_NET || uring_submit(&t->ring, 0) < 0) {
+		/* Whatever was queued completes with an old generation, ignored. */
+		log_debug("relay: parking failed: %s", strerror(errno));
+		park_release_pair(t, p);
+		return;
+	}
+	/* The registry first: no getsockopt may reach the socket once it is closed. */
+	fdreg_set_tcp_fd(c->ino, FDREG_TCP_PARKED);
+	epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->app_fd, NULL);
+	epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->net_fd, NULL);
+	fdreg_release(c->app_fd);
+	fdreg_release(c->net_fd);
+	c->app_fd = c->net_fd = -1;
+	t->pairs[p].c = c;
+	c->park_pair = p;
+	c->park_armed = 3;
+	if (!locked)
+		pthread_mutex_lock(&t->lock);
+	c->parked = true;
+	t->nparked++;
+	if (!locked)
+		pthread_mutex_unlock(&t->lock);
+}
+
+/* One completion from the ring. */
+static void park_complete(struct relay_thread *t, const struct uring_done *d)
+{
+	unsigned int kind = d->user_data & 3, p = (unsigned int)(d->user_data >> 3) & 0x1fffffffU;
+	int side = (int)(d->user_data >> 2) & 1;
+	uint32_t gen = (uint32_t)(d->user_data >> 32);
+	struct relay_conn *c;
+
+	if (kind == UD_REMOVE)
+		return;
+	if (p >= t->npairs || t->pairs[p].c == NULL || t->pairs[p].gen != gen) {
+		/* An older use of the pair: a descriptor it made is nobody's. */
+		if (kind == UD_INSTALL && d->res >= 0)
+			real.close(d->res);
+		return;
+	}
+	c = t->pairs[p].c;
+	if (kind == UD_INSTALL) {
+		c->park_fd[side] = d->res;
+		c->park_installs--;
+		return;
+	}
+	c->park_armed &= (unsigned char)~(1U << side);
+	if (d->res == -ECANCELED || c->unpark_waiting)
+		return; /* removed by relay_unpark_one(), not news */
+	if (!c->unparking && !c->unpark_queued) {
+		c->unpark_queued = true;
+		c->unpark_next = t->unpark_head;
+		t->unpark_head = c;
+	}
+}
+
+static void park_reap(struct relay_thread *t)
+{
+	struct uring_done d;
+
+	while (uring_next(&t->ring, &d))
+		park_complete(t, &d);
+}
+
+/*
+ * relay_unpark_one() found no free descriptor (the program holds them all).
+ * The files stay in the ring, the connection on the thread's retry list, and
+ * the loop tries again every UNPARK_RETRY_MS (park_retry): a program that
+ * closes something soon loses nothing.  Returns true while within the
+ * patience bound; false once it is spent (the caller closes the connection).
+ */
+static bool park_wait_for_fds(struct relay_conn *c)
+{
+	struct relay_thread *t = c->t;
+	long now = relay_now_ms();
+	int side;
+
+	if (!c->unpark_waiting) {
+		c->unpark_waiting = true;
+		c->unpark_since = now;
+		atomic_fetch_add(&t->st_waiting, 1);
+		log_debug("relay: no descriptor to resume a parked connection; waiting");
+	} else if (now - c->unpark_since >= atomic_load(&unpark_patience_ms)) {
+		return false;
+	}
+	for (side = SIDE_APP; side <= SIDE_NET; side++) {
+		fdreg_release(c->park_fd[side]);
+		c->park_fd[side] = -1;
+	}
+	if (!c->on_retry) {
+		c->on_retry = true;
+		c->retry_next = t->retry_head;
+		t->retry_head = c;
+	}
+	c->unparking = false;
+	return true;
+}
+
+/* Tries again the connections that waited for descriptors. */
+static void park_retry(struct relay_thread *t)
+{
+	struct relay_conn *c = t->retry_head;
+
+	t->retry_head = NULL;
+	while (c != NULL) {
+		struct relay_conn *next = c->retry_next;
+
+		c->on_retry = false;
+		if (c->parked && !c->dead)
+			relay_unpark_one(c); /* back on the list if it fails again */
+		c = next;
+	}
+}
+
+void relay_set_unpark_patience_ms(long ms)
+{
+	atomic_store(&unpark_patience_ms, ms > 0 ? ms : 10000);
+}
+
+/*
+ * Takes c's two files back as hidden descriptors and registers them again.
+ * On failure (no descriptor left: the program filled the table) the
+ * connection is closed with a relay_failed line; it cannot move a byte
+ * without them.
+ */
+static void relay_unpark_one(struct relay_conn *c)
+{
+	struct relay_thread *t = c->t;
+	unsigned int p = c->park_pair;
+	uint32_t gen = t->pairs[p].gen;
+	struct epoll_event ev = {.events = EPOLLIN};
+	struct park_req q;
+	BIO *rbio, *wbio;
+	int side, err = 0;
+	bool queued = true;
+
+	c->unparking = true;
+	c->park_fd[0] = c->park_fd[1] = -1;
+	c->park_installs = 0;
+	for (side = SIDE_APP; side <= SIDE_NET && queued; side++) {
+		if (c->park_armed & (1U << side)) {
+			q.kind = UD_REMOVE;
+			q.target = park_ud(UD_POLL, side, p, gen);
+			q.ud = park_ud(UD_REMOVE, side, p, gen);
+			queued = park_request(t, &q) == 0;
+		}
+	}
+	for (side = SIDE_APP; side <= SIDE_NET && queued; side++) {
+		q.kind = UD_INSTALL;
+		q.slot = 2 * p + (unsigned int)side;
+		q.ud = park_ud(UD_INSTALL, side, p, gen);
+		queued = park_request(t, &q) == 0;
+		if (queued)
+			c->park_installs++;
+	}
+	/*
+	 * An install completes while it is submitted (it never waits for
+	 * anything), so the wait below returns at once; it only covers a kernel
+	 * that would hand the request to a worker.
+	 */
+	if (!queued || uring_submit(&t->ring, 0) < 0)
+		err = errno != 0 ? errno : EIO;
+	else
+		park_reap(t);
+	while (err == 0 && c->park_installs > 0) {
+		if (uring_submit(&t->ring, 1) < 0)
+			err = errno;
+		park_reap(t);
+	}
+	for (side = SIDE_APP; side <= SIDE_NET; side++) {
+		if (c->park_fd[side] < 0 && err == 0)
+			err = c->park_fd[side] == -1 ? EIO : -c->park_fd[side];
+		else if (c->park_fd[side] >= 0)
+			c->park_fd[side] = fdreg_adopt(c->park_fd[side]);
+		if (c->park_fd[side] < 0 && err == 0)
+			err = errno;
+	}
+	if ((err == EMFILE || err == ENFILE) && park_wait_for_fds(c))
+		return;
+	park_release_pair(t, p); /* the descriptors (if any) hold the files now */
+	if (c->unpark_waiting) {
+		c->unpark_waiting = false;
+		atomic_fetch_sub(&t->st_waiting, 1);
+		log_debug("relay: a parked connection got its descriptors after %ld ms",
+		          relay_now_ms() - c->unpark_since);
+	}
+	c->app_fd = c->park_fd[SIDE_APP];
+	c->net_fd = c->park_fd[SIDE_NET];
+	if (err == 0) {
+		ev.data.ptr = &c->sides[SIDE_APP];
+		if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->app_fd, &ev) != 0)
+			err = errno;
+		ev.data.ptr = &c->sides[SIDE_NET];
+		if (err == 0 && epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->net_fd, &ev) != 0) {
+			err = errno;
+			epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->app_fd, NULL);
+		}
+	}
+	pthread_mutex_lock(&t->lock);
+	c->parked = false;
+	t->nparked--;
+	if (c->unpark_req) {
+		c->unpark_req = false;
+		c->no_park_until = relay_now_ms() + PARK_HOLD_MS;
+	}
+	pthread_mutex_unlock(&t->lock);
+	c->unparking = false;
+	if (err != 0) {
+		char reason[128];
+
+		snprintf(reason, sizeof(reason), "parked connection not resumed: %s%s",
+		         strerror(err),
+		         err == EMFILE || err == ENFILE ? " (waited too long for a descriptor)"
+		                                        : "");
+		relay_log_failure(c, reason);
+		c->app_mask = c->net_mask = ~0U; /* not registered */
+		relay_teardown(c);
+		return;
+	}
+	rbio = SSL_get_rbio(c->ssl);
+	wbio = SSL_get_wbio(c->ssl);
+	BIO_set_fd(rbio, c->net_fd, BIO_NOCLOSE);
+	if (wbio != rbio)
+		BIO_set_fd(wbio, c->net_fd, BIO_NOCLOSE);
+	fdreg_set_tcp_fd(c->ino, c->net_fd);
+	/* Registered for EPOLLIN, as park_candidate() found it: the event is reported again. */
+}
+
+/* Unparks every connection whose poll completed or that relay_unpark() asked for. */
+static void park_unpark_queued(struct relay_thread *t)
+{
+	struct relay_conn *c;
+
+	while ((c = t->unpark_head) != NULL) {
+		t->unpark_head = c->unpark_next;
+		c->unpark_queued = false;
+		if (c->parked && !c->dead)
+			relay_unpark_one(c);
+	}
+}
+
+/*
+ * Caller holds t->lock.  Queues the connections relay_unpark() asked for;
+ * the caller unparks them after releasing the lock, then broadcasts.
+ */
+static bool park_take_requests_locked(struct relay_thread *t)
+{
+	struct relay_conn *c;
+
+	if (!t->unpark_wanted)
+		return false;
+	t->unpark_wanted = false;
+	for (c = t->conns; c != NULL; c = c->next) {
+		/* One waiting for descriptors is retried anyway (park_retry). */
+		if (c->unpark_req && c->parked && !c->unpark_queued && !c->unpark_waiting) {
+			c->unpark_queued = true;
+			c->unpark_next = t->unpark_head;
+			t->unpark_head = c;
+		}
+	}
+	return true;
+}
+
+/*
+ * Under pressure, at most once a second: parks the idle connections that
+ * pump() will not see again soon (they were idle before pressure came), and
+ * reads the descriptor limit again (the program may have raised it).
+ * Returns the milliseconds until a sweep is due that could not run yet (the
+ * thread's wait is bounded by it: no event may come), or -1.
+ */
+static int park_sweep(struct relay_thread *t)
+{
+	int n = atomic_load_explicit(&relay_started, memory_order_acquire), i;
+	struct relay_conn *c;
+	long now;
+
+	if (!park_due(t))
+		return -1;
+	now = relay_now_ms();
+	if (now < t->sweep_ms)
+		return (int)(t->sweep_ms - now);
+	t->sweep_ms = now + PARK_SWEEP_MS;
+	t->park_limit = park_limit_read();
+	pthread_mutex_lock(&t->lock);
+	for (c = t->conns; c != NULL && t->ring_state >= 0; c = c->next)
+		if (park_candidate(c))
+			relay_park(c, true);
+	pthread_mutex_unlock(&t->lock);
+	/*
+	 * The pressure is the process's: the other threads' idle connections
+	 * count as much as this one's, and those threads may sleep with no
+	 * event to come.  Wake them to sweep too (each at most once a second).
+	 */
+	for (i = 0; i < n; i++)
+		if (&relay_threads[i] != t &&
+		    write(relay_threads[i].wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
+			log_debug("relay wake failed");
+	return -1;
+}
+
+long relay_parked(void)
+{
+	int n = atomic_load_explicit(&relay_started, memory_order_acquire), i;
+	long sum = 0;
+
+	for (i = 0; i < n; i++) {
+		struct relay_thread *t = &relay_threads[i];
+
+		pthread_mutex_lock(&t->lock);
+		sum += t->nparked;
+		pthread_mutex_unlock(&t->lock);
+	}
+	return sum;
+}
+
+long relay_unpark_waiting(void)
+{
+	int n = atomic_load_explicit(&relay_started, memory_order_acquire), i;
+	long sum = 0;
+
+	for (i = 0; i < n; i++)
+		sum += atomic_load(&relay_threads[i].st_waiting);
+	return sum;
+}
+
+/* Caller holds t->lock.  The live connection with program inode `ino`, or NULL. */
+static struct relay_conn *conn_by_ino_locked(struct relay_thread *t, ino_t ino)
+{
+	struct relay_conn *c;
+
+	for (c = t->conns; c != NULL; c = c->next)
+		if (c->ino == ino)
+			return c;
+	return NULL;
+}
+
+int relay_unpark(ino_t ino)
+{
+	int n = atomic_load_explicit(&relay_started, memory_order_acquire), i, rc = 0;
+	struct timespec until;
+
+	for (i = 0; i < n; i++) {
+		struct relay_thread *t = &relay_threads[i];
+		struct relay_conn *c;
+
+		pthread_mutex_lock(&t->lock);
+		c = conn_by_ino_locked(t, ino);
+		if (c == NULL) {
+			pthread_mutex_unlock(&t->lock);
+			continue;
+		}
+		if (c->parked) {
+			c->unpark_req = true;
+			t->unpark_wanted = true;
+			if (write(t->wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
+				log_debug("relay wake failed");
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += UNPARK_WAIT_MS / 1000;
+			while ((c = conn_by_ino_locked(t, ino)) != NULL && c->parked) {
+				if (pthread_cond_timedwait(&t->cond, &t->lock, &until) ==
+				    ETIMEDOUT) {
+					rc = -1;
+					break;
+				}
+			}
+		}
+		pthread_mutex_unlock(&t->lock);
+		break;
+	}
+	if (rc != 0)
+		errno = ETIMEDOUT;
+	return rc;
 }
 
 /* --- the pumps -------------------------------------------------------------- */
@@ -859,6 +1533,7 @@ static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 {
 	uint32_t app_want = 0, net_want;
 	bool up_done, down_done, run_up, run_down;
+	size_t moved0 = c->t->moved;
 
 	if (c->handshaking) {
 		if (handshake_step(c, app_ev) != 0)
@@ -924,7 +1599,13 @@ static void pump(struct relay_conn *c, uint32_t app_ev, uint32_t net_ev)
 	if (c->app_mask == (uint32_t)~0U && c->net_mask == (uint32_t)~0U) {
 		/* Nothing is left that could wake this connection. */
 		relay_teardown(c);
+		return;
 	}
+	/* Held unparked for a getsockopt/setsockopt: until the program uses it. */
+	if (c->no_park_until != 0 && c->t->moved != moved0)
+		c->no_park_until = 0;
+	if (c->t->park_mode != PARK_OFF && park_due(c->t) && park_candidate(c))
+		relay_park(c, false);
 }
 
 /* --- the thread ------------------------------------------------------------- */
@@ -946,7 +1627,8 @@ static bool relay_all_flushed(struct relay_thread *t)
 			flushed = false;
 	}
 	pthread_mutex_unlock(&t->lock);
-	return flushed;
+	/* A parked connection's news waits in the ring until it is unparked. */
+	return flushed && !uring_pending(&t->ring);
 }
 
 static void relay_free_zombies_locked(struct relay_thread *t)
@@ -1272,7 +1954,7 @@ static void *relay_main(void *arg)
 	snprintf(name, sizeof(name), "tlsshim-relay%d", (int)(t - relay_threads));
 	pthread_setname_np(pthread_self(), name);
 	for (;;) {
-		bool exiting;
+		bool exiting, requests;
 		int n, i;
 
 		n = relay_wait(t, evs, timeout, armed);
@@ -1289,7 +1971,14 @@ static void *relay_main(void *arg)
 		pthread_mutex_lock(&t->lock);
 		relay_free_zombies_locked(t);
 		exiting = t->exiting;
+		requests = park_take_requests_locked(t);
 		pthread_mutex_unlock(&t->lock);
+		if (requests) {
+			park_unpark_queued(t);
+			pthread_mutex_lock(&t->lock);
+			pthread_cond_broadcast(&t->cond);
+			pthread_mutex_unlock(&t->lock);
+		}
 
 		t->moved = 0;
 		only = 0;
@@ -1304,7 +1993,16 @@ static void *relay_main(void *arg)
 					log_debug("relay wake read failed");
 				continue;
 			}
-			if (s->c->dead)
+			if (s->which == SIDE_RING) {
+				park_reap(t);
+				park_unpark_queued(t);
+				continue;
+			}
+			/*
+			 * Parked earlier in this batch: its poll requests see the
+			 * readiness this event reports, and bring it back.
+			 */
+			if (s->c->dead || s->c->parked)
 				continue;
 			if (only == 0)
 				only = s->c->id;
@@ -1328,6 +2026,17 @@ static void *relay_main(void *arg)
 		armed = relay_spin_arm(t->moved, only, mixed, &t->spin_conn);
 
 		timeout = expire_handshakes(t);
+		if (t->park_mode != PARK_OFF) {
+			int sweep = park_sweep(t);
+
+			if (t->retry_head != NULL)
+				park_retry(t);
+			if (t->retry_head != NULL)
+				sweep = sweep < 0 || sweep > UNPARK_RETRY_MS ? UNPARK_RETRY_MS
+				                                             : sweep;
+			if (sweep >= 0 && (timeout < 0 || sweep < timeout))
+				timeout = sweep;
+		}
 		if (exiting) {
 			long now = relay_now_ms();
 
@@ -1423,6 +2132,9 @@ static struct relay_thread *relay_start_locked(void)
 	t->spin_skipped = 0;
 	t->spin_conn = 0;
 	t->net_more = false;
+	t->park_mode = conf_get()->relay_park;
+	t->park_limit = park_limit_read();
+	t->sweep_ms = 0;
 	if (atomic_load(&relay_spin_max_ns) < 0)
 		atomic_store(&relay_spin_max_ns,
 		             relay_spin_bound(conf_get()->relay_spin_us, relay_ncpu()));
@@ -1709,6 +2421,21 @@ void relay_atfork_child(void)
 		t->epfd = t->wakefd = -1;
 		t->scratch = NULL; /* like the connections: abandoned, not freed */
 		t->npool = 0;
+		/*
+		 * The ring's mappings were not inherited (MADV_DONTFORK) and its
+		 * descriptor, a hidden one, is closed: the parent's parked
+		 * connections stay the parent's.
+		 */
+		uring_forget(&t->ring);
+		t->ring_state = 0;
+		t->pairs = NULL;
+		t->free_pairs = NULL;
+		t->npairs = t->fresh = t->nfree = 0;
+		t->nparked = 0;
+		t->unpark_wanted = false;
+		t->unpark_head = NULL;
+		t->retry_head = NULL;
+		atomic_store(&t->st_waiting, 0);
 		atomic_store_explicit(&t->st_sleeping, false, memory_order_relaxed);
 		pthread_mutex_init(&t->lock, NULL);
 		pthread_cond_init(&t->cond, NULL);

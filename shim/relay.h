@@ -70,6 +70,28 @@ void relay_atfork_child(void);
 /* Number of connections the relay holds, in all threads (tests, benchmark). */
 long relay_count(void);
 
+/*
+ * Parking (relay.c): an idle connection's two relay descriptors move into
+ * the thread's io_uring fixed-file table, so that it holds one descriptor
+ * (the program's) instead of three; the first event on either side brings
+ * them back.  relay_parked() counts parked connections (tests, benchmark).
+ * relay_unpark() brings back the connection whose program end has inode
+ * `ino` (for get/setsockopt on its TCP socket, fdreg_tcp_sockopt()) and
+ * keeps it unparked for a second: 0 once it is unparked or gone, -1 with
+ * errno ETIMEDOUT when its thread did not answer within 2 seconds.
+ */
+long relay_parked(void);
+int relay_unpark(ino_t ino);
+
+/*
+ * A woken parked connection that finds no free descriptor (the program
+ * holds them all) tries again every 50 ms for this long, then is closed
+ * with a relay_failed line.  Tests: 0 or less restores 10 s.
+ * relay_unpark_waiting() counts the connections waiting so (tests).
+ */
+void relay_set_unpark_patience_ms(long ms);
+long relay_unpark_waiting(void);
+
 /* Number of relay threads started (tests, benchmark); they run until exit. */
 int relay_nthreads(void);
 

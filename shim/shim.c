@@ -768,6 +768,35 @@ static int answer_int(int v, void *val, socklen_t *len)
 	return 0;
 }
 
+/*
+ * get/setsockopt on the TCP socket behind wrapped `fd` (false: not wrapped
+ * here).  A parked connection (relay.c, "Parking") is first taken back by
+ * its relay thread; it stays unparked for a while, so the second try finds
+ * the socket unless something odd happens, and then the call fails with
+ * ENOBUFS rather than waiting.
+ */
+static bool tcp_sockopt(int fd, bool set, int level, int name, void *val, socklen_t *len, int *ret)
+{
+	ino_t ino = 0;
+	int tries;
+
+	for (tries = 0; tries < 3; tries++) {
+		switch (fdreg_tcp_sockopt(fd, set, level, name, val, len, ret, &ino)) {
+		case FDREG_SOCKOPT_NO:
+			return false;
+		case FDREG_SOCKOPT_DONE:
+			return true;
+		case FDREG_SOCKOPT_PARKED:
+			if (relay_unpark(ino) != 0)
+				tries = 3;
+			break;
+		}
+	}
+	*ret = -1;
+	errno = ENOBUFS;
+	return true;
+}
+
 static int shim_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 {
 	struct wrapped_info info;
@@ -780,7 +809,7 @@ static int shim_getsockopt(int fd, int level, int name, void *val, socklen_t *le
 		return real.getsockopt(fd, level, name, val, len);
 	}
 	if (sockopt_is_network(level, name) && len != NULL &&
-	    fdreg_tcp_sockopt(fd, false, level, name, val, len, &ret))
+	    tcp_sockopt(fd, false, level, name, val, len, &ret))
 		return ret;
 	return real.getsockopt(fd, level, name, val, len);
 }
@@ -790,7 +819,7 @@ static int shim_setsockopt(int fd, int level, int name, const void *val, socklen
 	int ret;
 
 	if (sockopt_is_network(level, name) &&
-	    fdreg_tcp_sockopt(fd, true, level, name, (void *)(uintptr_t)val, &len, &ret))
+	    tcp_sockopt(fd, true, level, name, (void *)(uintptr_t)val, &len, &ret))
 		return ret;
 	return real.setsockopt(fd, level, name, val, len);
 }

@@ -103,6 +103,33 @@ relay_threads_want() { # connections [setting]: what the policy allows
   assert_output_has "relay_threads=1"
 }
 
+# 150 wrapped connections would take 450 descriptors (the program's, the
+# relay's socketpair end, the TCP socket): more than a soft limit of 256.
+# Idle ones park (relay_park = auto, the default), keeping only the program's
+# descriptor, so they all open and stay usable, and TCP_NODELAY set on a
+# parked one reaches its TCP socket (shim/relay.c, "Parking").
+@test "python3: 150 idle connections under a 256-descriptor limit (idle ones parked)" {
+  [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = 0 ] ||
+    skip "io_uring is disabled on this host"
+  NGINX_WORKER_CONNECTIONS=512 start_nginx "$port" server
+  run --separate-stderr shim sh -c 'ulimit -Sn 256 && exec "$@"' sh \
+    "$PY" "$PYCLIENT" hold 150 localhost "$port"
+  assert_status 0
+  assert_output_has "hold=ok conns=150"
+  local fds
+  fds=$(sed -n 's/^fds=//p' <<<"$output")
+  [ "$fds" -lt 256 ]
+  [ "$(grep -c 'GET /hold/' "$BATS_TEST_TMPDIR/nginx-$port/access.log")" -eq 300 ]
+}
+
+@test "python3: relay_park=off, the same 150 connections run out of descriptors" {
+  NGINX_WORKER_CONNECTIONS=512 start_nginx "$port" server
+  run --separate-stderr shim TLSSHIM_RELAY_PARK=off sh -c 'ulimit -Sn 256 && exec "$@"' sh \
+    "$PY" "$PYCLIENT" hold 150 localhost "$port"
+  assert_status 3
+  assert_output_has "hold=failed"
+}
+
 # make_quota_cgroup: a child of this process's cgroup limited to half a CPU
 # (cgroup v1 cpu controller or v2 cpu.max); prints its directory, or fails
 # when this host does not let us make one.

@@ -19,6 +19,12 @@ usage:
       mismatch) and "relay_threads=N", the threads of this process named
       tlsshim-relay*, counted while every connection is open. Exit 0 if
       every answer matched.
+  pyclient.py hold COUNT HOST PORT
+      Open COUNT keep-alive connections to an HTTP server one after another,
+      one request each, and hold them all; print "fds=N", the descriptors
+      this process holds then.  Then on each in turn: set and read back
+      TCP_NODELAY and send one more request.  Prints "hold=ok conns=COUNT"
+      (or the first failure). Exit 0 if every answer matched.
   pyclient.py unix DIR
       Exchange a line over socketpair(AF_UNIX) and over an AF_UNIX
       listener in DIR; print "unix=ok".
@@ -158,6 +164,38 @@ def cmd_many(argv):
     return 0
 
 
+def cmd_hold(argv):
+    count, host, port = int(argv[0]), argv[1], int(argv[2])
+    ai = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
+
+    def ask(s, uri):
+        s.sendall(f"GET {uri} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        if f"uri={uri}\n" not in http_answer(s):
+            raise OSError(f"wrong answer for {uri}")
+
+    socks = []
+    try:
+        for i in range(count):
+            s = socket.socket(ai[0], ai[1], ai[2])
+            s.settimeout(20)
+            s.connect(ai[4])
+            socks.append(s)
+            ask(s, f"/hold/{i}/0")
+        print(f"fds={len(os.listdir('/proc/self/fd'))}", flush=True)
+        for i, s in enumerate(socks):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0:
+                raise OSError(f"connection {i}: TCP_NODELAY did not stick")
+            ask(s, f"/hold/{i}/1")
+    except OSError as e:
+        print(f"hold=failed conns={len(socks)} error={e!r}")
+        return 3
+    for s in socks:
+        s.close()
+    print(f"hold=ok conns={count}")
+    return 0
+
+
 def cmd_urlopen(argv):
     with urllib.request.urlopen(argv[0], timeout=5) as r:
         sys.stdout.write(r.read().decode(errors="replace"))
@@ -184,7 +222,8 @@ def cmd_unix(argv):
 
 
 def main():
-    cmds = {"connect": cmd_connect, "urlopen": cmd_urlopen, "unix": cmd_unix, "many": cmd_many}
+    cmds = {"connect": cmd_connect, "urlopen": cmd_urlopen, "unix": cmd_unix, "many": cmd_many,
+            "hold": cmd_hold}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

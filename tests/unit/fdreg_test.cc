@@ -115,14 +115,29 @@ TEST_F(Fdreg, LookupByInodeFindsDups)
 	EXPECT_FALSE(fdreg_lookup(0, nullptr));
 
 	int one = 1, ret = -1;
+	ino_t ino = 0;
 	socklen_t len = sizeof(one);
-	EXPECT_TRUE(fdreg_tcp_sockopt(d, true, IPPROTO_TCP, TCP_NODELAY, &one, &len, &ret));
+	EXPECT_EQ(fdreg_tcp_sockopt(d, true, IPPROTO_TCP, TCP_NODELAY, &one, &len, &ret, &ino),
+	          FDREG_SOCKOPT_DONE);
 	EXPECT_EQ(ret, 0);
 	int v = 0;
 	len = sizeof(v);
-	EXPECT_TRUE(fdreg_tcp_sockopt(sv[0], false, IPPROTO_TCP, TCP_NODELAY, &v, &len, &ret));
+	EXPECT_EQ(fdreg_tcp_sockopt(sv[0], false, IPPROTO_TCP, TCP_NODELAY, &v, &len, &ret, &ino),
+	          FDREG_SOCKOPT_DONE);
 	EXPECT_EQ(ret, 0);
 	EXPECT_EQ(v, 1) << "the option reached the TCP socket";
+
+	// Parked (relay.c): nothing is done, the caller learns the inode to unpark.
+	fdreg_set_tcp_fd(st.st_ino, FDREG_TCP_PARKED);
+	ret = 12345;
+	EXPECT_EQ(fdreg_tcp_sockopt(d, false, IPPROTO_TCP, TCP_NODELAY, &v, &len, &ret, &ino),
+	          FDREG_SOCKOPT_PARKED);
+	EXPECT_EQ(ino, st.st_ino);
+	EXPECT_EQ(ret, 12345) << "no call was made";
+	fdreg_set_tcp_fd(st.st_ino, -1); // after fork: not answered here at all
+	EXPECT_EQ(fdreg_tcp_sockopt(d, false, IPPROTO_TCP, TCP_NODELAY, &v, &len, &ret, &ino),
+	          FDREG_SOCKOPT_NO);
+	fdreg_set_tcp_fd(st.st_ino, tcp);
 
 	EXPECT_EQ(fdreg_remove(st.st_ino), tcp);
 	EXPECT_FALSE(fdreg_lookup(d, nullptr));

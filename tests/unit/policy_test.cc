@@ -309,6 +309,28 @@ TEST_F(ConfFile, RelayThreadsSetting)
 	unsetenv("TLSSHIM_RELAY_THREADS");
 }
 
+TEST_F(ConfFile, RelayParkSetting)
+{
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\n"), "");
+	EXPECT_EQ(last_->relay_park, PARK_AUTO) << "the default";
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_park=always\n"), "");
+	EXPECT_EQ(last_->relay_park, PARK_ALWAYS);
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_park=OFF\n"), "");
+	EXPECT_EQ(last_->relay_park, PARK_OFF);
+	EXPECT_NE(load("[tlsshim]\nca_file=" + ca() + "\nrelay_park=sometimes\n")
+	                  .find("relay_park = sometimes: expected auto, always or off"),
+	          std::string::npos);
+	EXPECT_NE(load("[tlsshim]\nca_file=" + ca() + "\nrelay_park=\n").find("relay_park"),
+	          std::string::npos);
+	setenv("TLSSHIM_RELAY_PARK", "off", 1);
+	ASSERT_EQ(load("[tlsshim]\nca_file=" + ca() + "\nrelay_park=always\n"), "");
+	EXPECT_EQ(last_->relay_park, PARK_OFF) << "the environment wins";
+	setenv("TLSSHIM_RELAY_PARK", "1", 1);
+	EXPECT_NE(load("[tlsshim]\nca_file=" + ca() + "\n").find("TLSSHIM_RELAY_PARK"),
+	          std::string::npos);
+	unsetenv("TLSSHIM_RELAY_PARK");
+}
+
 TEST_F(ConfFile, EnvironmentOverridesGlobalKeys)
 {
 	setenv("TLSSHIM_HANDSHAKE_TIMEOUT", "2", 1);

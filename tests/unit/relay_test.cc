@@ -2,11 +2,17 @@
 // and a TLS connection, with a real TLS peer on the network side (here also
 // a socketpair, which TLS does not mind).
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +32,7 @@ extern "C" {
 #include "real.h"
 #include "relay.h"
 #include "tlsio.h"
+#include "uring.h"
 }
 
 namespace
@@ -784,6 +791,314 @@ TEST(RelayThreadsHooks, DefaultsComeBack)
 	EXPECT_TRUE(reads_eof(w.app));
 	close(w.app);
 	EXPECT_TRUE(relay_settles_at(0));
+}
+
+// --- parking (relay.c, "Parking") --------------------------------------------
+
+// Waits (bounded) until `cond` holds.
+template <typename F> bool settles(F cond)
+{
+	auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+	while (std::chrono::steady_clock::now() < until) {
+		if (cond())
+			return true;
+		std::this_thread::sleep_for(std::chrono::milliseconds(2));
+	}
+	return false;
+}
+
+// The kernel lacks io_uring's FIXED_FD_INSTALL (before 6.8) or forbids it:
+// parking cannot happen, and the tests below have nothing to check.
+bool can_park()
+{
+	struct uring r {
+	};
+	if (real_init() != 0 || uring_open(&r, 2, 4) != 0)
+		return false;
+	uring_close(&r);
+	return true;
+}
+
+// With relay_park = always every idle connection keeps one descriptor (the
+// program's end): the relay's two are parked.  Data in either direction,
+// half-close from either side, getsockopt through relay_unpark() and close
+// all bring a connection back, and every stream stays whole.
+[[noreturn]] void run_park_always()
+{
+	bool ok = true;
+	auto fail = [&](const std::string &why) {
+		fprintf(stderr, "park always: %s\n", why.c_str());
+		ok = false;
+	};
+	setenv("TLSSHIM_RELAY_PARK", "always", 1); // read at the first thread's start
+	const int n = 16;
+	int fds_before = count_fds();
+	std::vector<Wrapped> conns;
+	for (int k = 0; k < n; k++)
+		conns.push_back(wrap_echo());
+	if (!settles([&] { return relay_parked() == n; }))
+		fail("parked " + std::to_string(relay_parked()) + " of " + std::to_string(n));
+	// Per connection: the program's end and the test's TLS peer's end; the
+	// relay holds its epoll set, eventfd and ring, and nothing per connection.
+	if (count_fds() != fds_before + 2 * n + 3)
+		fail("descriptors " + std::to_string(count_fds() - fds_before) + ", want " +
+		     std::to_string(2 * n + 3));
+
+	// Every connection at once: each unparks, moves its stream, parks again.
+	std::vector<std::thread> users;
+	std::atomic<int> bad{0};
+	for (int i = 0; i < n; i++)
+		users.emplace_back([&, i] {
+			size_t off = static_cast<size_t>(i) * 104729u;
+			for (size_t len : {1, 4096, 100000, 7})
+				if (!exchange(conns[i].app, len, &off))
+					bad++;
+		});
+	for (auto &u : users)
+		u.join();
+	if (bad != 0)
+		fail(std::to_string(bad.load()) + " exchanges lost or reordered data");
+	if (!settles([&] { return relay_parked() == n; }))
+		fail("parked again " + std::to_string(relay_parked()));
+
+	// The program's getsockopt on a parked connection's TCP socket.
+	struct stat st {
+	};
+	fstat(conns[0].app, &st);
+	struct wrapped_info info {
+	};
+	info.tcp_fd = FDREG_TCP_PARKED; // as the shim's registry has it
+	if (fdreg_add(st.st_ino, &info) != 0)
+		fail("fdreg_add");
+	int type = 0, ret = -1;
+	socklen_t len = sizeof(type);
+	ino_t ino = 0;
+	if (fdreg_tcp_sockopt(conns[0].app, false, SOL_SOCKET, SO_TYPE, &type, &len, &ret, &ino) !=
+	            FDREG_SOCKOPT_PARKED ||
+	    ino != st.st_ino)
+		fail("the registry does not say parked");
+	if (relay_unpark(ino) != 0)
+		fail("relay_unpark");
+	if (relay_parked() != n - 1)
+		fail("relay_unpark left " + std::to_string(relay_parked()) + " parked");
+	if (fdreg_tcp_sockopt(conns[0].app, false, SOL_SOCKET, SO_TYPE, &type, &len, &ret, &ino) !=
+	            FDREG_SOCKOPT_DONE ||
+	    ret != 0 || type != SOCK_STREAM)
+		fail("getsockopt after unparking");
+	if (relay_unpark(ino) != 0 || relay_unpark(12345) != 0)
+		fail("unparking what is not parked, or not there, is a no-op");
+	fdreg_set_tcp_fd(st.st_ino, -1);
+
+	// Half-close from the program wakes the connection; the peer's close
+	// (it echoes until EOF, then closes) wakes it from the other side.
+	for (auto &w : conns)
+		shutdown(w.app, SHUT_WR);
+	for (auto &w : conns)
+		if (!reads_eof(w.app))
+			fail("no EOF after half-close");
+	for (auto &w : conns) {
+		close(w.app);
+		w.peer.reset();
+	}
+	if (!relay_settles_at(0) || relay_parked() != 0)
+		fail("connections left: " + std::to_string(relay_count()));
+	if (count_fds() != fds_before + 3)
+		fail("descriptors left: " + std::to_string(count_fds() - fds_before));
+	exit(ok ? 0 : 1);
+}
+
+TEST(RelayPark, AlwaysParksIdleConnectionsAndKeepsEveryStream)
+{
+	if (!can_park())
+		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
+	GTEST_FLAG_SET(death_test_style, "threadsafe");
+	EXPECT_EXIT(run_park_always(), ::testing::ExitedWithCode(0), "");
+}
+
+// relay_park = auto (the default): under a soft limit of 256 descriptors, 75
+// connections, which would take 300 (4 each here: the test's TLS peer is in
+// this process too) without parking, all open and all work; parking starts
+// when the shim's hidden descriptors reach 64, a quarter of the limit.
+[[noreturn]] void run_park_auto()
+{
+	bool ok = true;
+	auto fail = [&](const std::string &why) {
+		fprintf(stderr, "park auto: %s\n", why.c_str());
+		ok = false;
+	};
+	struct rlimit rl {
+	};
+	getrlimit(RLIMIT_NOFILE, &rl);
+	rl.rlim_cur = 256;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		fail("setrlimit");
+	const int n = 75;
+	std::vector<Wrapped> conns;
+	for (int k = 0; k < n && ok; k++) {
+		conns.push_back(wrap_echo());
+		if (conns.back().app < 0)
+			fail("connection " + std::to_string(k) + " not made");
+		if (!settles([] { return fdreg_hidden_count() < 64; }))
+			fail("hidden descriptors stay at " + std::to_string(fdreg_hidden_count()));
+	}
+	if (relay_parked() < n / 2)
+		fail("only " + std::to_string(relay_parked()) + " parked");
+	size_t off = 0;
+	for (auto &w : conns)
+		if (!exchange(w.app, 3000, &off))
+			fail("an exchange lost or reordered data");
+	for (auto &w : conns) {
+		close(w.app);
+		w.peer.reset();
+	}
+	if (!relay_settles_at(0))
+		fail("connections left");
+	exit(ok ? 0 : 1);
+}
+
+TEST(RelayPark, AutoParksUnderDescriptorPressure)
+{
+	if (!can_park())
+		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
+	GTEST_FLAG_SET(death_test_style, "threadsafe");
+	EXPECT_EXIT(run_park_auto(), ::testing::ExitedWithCode(0), "");
+}
+
+// A parked connection woken when the program has filled the descriptor
+// table cannot get its descriptors back at once: it waits, trying again,
+// and resumes with nothing lost once the program frees one (`resumes`), or,
+// past the patience bound, is closed with a relay_failed line (the program
+// reads EOF or a reset, no hang) and the relay goes on.
+[[noreturn]] void run_park_no_descriptors(bool resumes)
+{
+	setenv("TLSSHIM_RELAY_PARK", "always", 1);
+	setenv("TLSSHIM_LOG_STDERR", "yes", 1);
+	relay_set_unpark_patience_ms(resumes ? 60000 : 300);
+	// The peer's thread must not end while the table is full: the sanitizers'
+	// own checks at a thread's exit need descriptors (UBSan then reports a
+	// false "invalid vptr"), so it waits for the table to have room again.
+	static std::atomic<bool> room{false};
+	Wrapped w = wrap([](SSL *ssl) {
+		char buf[16384];
+		int n;
+		while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0)
+			if (SSL_write(ssl, buf, n) != n)
+				break;
+		SSL_shutdown(ssl);
+		settles([] { return room.load(); });
+	});
+	if (!settles([] { return relay_parked() == 1; }))
+		_exit(2);
+	struct rlimit rl {
+	};
+	getrlimit(RLIMIT_NOFILE, &rl);
+	rl.rlim_cur = static_cast<rlim_t>(count_fds() + 8);
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		_exit(3);
+	std::vector<int> filler;
+	for (int fd; (fd = dup(0)) >= 0;)
+		filler.push_back(fd);
+	if (write(w.app, "hello", 5) != 5)
+		_exit(4);
+	if (resumes) {
+		if (!settles([] { return relay_unpark_waiting() == 1; }))
+			_exit(5);
+		close(filler.back()); // one free descriptor is not enough: two are needed
+		filler.pop_back();
+		if (relay_unpark_waiting() != 1 || relay_parked() != 1)
+			_exit(6);
+		for (int fd : filler)
+			close(fd);
+		room = true;
+		unsigned char back[5];
+		if (read_n(w.app, back, 5) != 5 || memcmp(back, "hello", 5) != 0)
+			_exit(7);
+		if (relay_unpark_waiting() != 0)
+			_exit(8);
+	} else {
+		// EOF, or ECONNRESET: the relay's end went away with the bytes unread.
+		struct pollfd p = {w.app, POLLIN, 0};
+		char c;
+		bool eof =
+		        poll(&p, 1, 10000) == 1 && (read(w.app, &c, 1) == 0 || errno == ECONNRESET);
+		for (int fd : filler)
+			close(fd);
+		room = true;
+		if (!eof)
+			_exit(9);
+		if (!relay_settles_at(0) || relay_parked() != 0 || relay_unpark_waiting() != 0)
+			_exit(10);
+	}
+	// The relay still works.
+	Wrapped again = wrap_echo();
+	size_t off = 0;
+	if (!exchange(again.app, 5000, &off))
+		_exit(11);
+	close(w.app);
+	close(again.app);
+	w.peer.reset(); // joined: exit() runs no destructors
+	again.peer.reset();
+	exit(0);
+}
+
+TEST(RelayPark, NoDescriptorToResumeWaitsUntilOneIsFree)
+{
+	if (!can_park())
+		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
+	GTEST_FLAG_SET(death_test_style, "threadsafe");
+	EXPECT_EXIT(run_park_no_descriptors(true), ::testing::ExitedWithCode(0), "");
+}
+
+TEST(RelayPark, NoDescriptorForTooLongClosesTheConnection)
+{
+	if (!can_park())
+		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
+	GTEST_FLAG_SET(death_test_style, "threadsafe");
+	EXPECT_EXIT(run_park_no_descriptors(false), ::testing::ExitedWithCode(0),
+	            "event=relay_failed .*reason=\"parked connection not resumed: Too many open "
+	            "files \\(waited too long for a descriptor\\)\"");
+}
+
+// Where io_uring is forbidden (here by a seccomp filter, as a container
+// runtime's profile may do), nothing parks, one park_unavailable line says
+// why, and connections work as before.
+[[noreturn]] void run_park_forbidden()
+{
+	setenv("TLSSHIM_RELAY_PARK", "always", 1);
+	setenv("TLSSHIM_LOG_STDERR", "yes", 1);
+	struct sock_filter filter[] = {
+	        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+	        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+	        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+	        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])),
+	                          filter};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+		_exit(2);
+	std::vector<Wrapped> conns;
+	for (int k = 0; k < 3; k++)
+		conns.push_back(wrap_echo());
+	size_t off = 0;
+	for (auto &w : conns)
+		if (!exchange(w.app, 20000, &off))
+			_exit(3);
+	if (relay_parked() != 0)
+		_exit(4);
+	for (auto &w : conns) {
+		close(w.app);
+		w.peer.reset();
+	}
+	exit(relay_settles_at(0) ? 0 : 6);
+}
+
+TEST(RelayPark, WithoutIoUringNothingParksAndOneLineSaysSo)
+{
+	GTEST_FLAG_SET(death_test_style, "threadsafe");
+	EXPECT_EXIT(run_park_forbidden(), ::testing::ExitedWithCode(0),
+	            "event=park_unavailable .*stage=relay reason=\"io_uring_setup: Operation not "
+	            "permitted: idle connections keep their three descriptors\"");
 }
 
 } // namespace
