@@ -253,6 +253,7 @@ struct relay_thread {
 	bool unpark_wanted; /* under lock: some connection has unpark_req */
 	struct relay_conn *unpark_head;
 	struct relay_conn *retry_head; /* parked, woken, waiting for descriptors */
+	long retry_ms;                 /* next try of those, CLOCK_MONOTONIC ms */
 	atomic_long st_waiting;        /* how many are on it (tests) */
 	long park_limit;               /* hidden descriptors at which `auto` parks */
 	long sweep_ms;                 /* next sweep of idle connections, CLOCK_MONOTONIC ms */
@@ -569,7 +570,7 @@ static void relay_teardown(struct relay_conn *c)
  * asks the thread to unpark it (relay_unpark) and waits, at most two
  * seconds; it then stays unparked for a second.
  *
- * Where io_uring is missing, too old (before Linux 6.8), or forbidden
+ * Where io_uring is missing, too old (before Linux 6.13, uring.c), or forbidden
  * (sysctl kernel.io_uring_disabled, a seccomp profile), nothing parks and
  * one park_unavailable line says so.
  */
@@ -591,6 +592,7 @@ enum { UD_POLL = 1, UD_REMOVE = 2, UD_INSTALL = 3 };
 
 static long relay_now_ms(void);
 static void relay_unpark_one(struct relay_conn *c);
+static void park_unpark_queued(struct relay_thread *t);
 static atomic_bool park_said; /* park_unavailable logged (once per process) */
 
 /* A ring request's tag: what it is, which side, which pair and generation. */
@@ -782,7 +784,7 @@ static void relay_park(struct relay_conn *c, bool locked)
 		return; /* the table is full: this one keeps its descriptors */
 	if (uring_files_set(&t->ring, 2 * p, fds, 2) != 0) {
 		log_debug("relay: parking failed: %s", strerror(errno));
-		t->free_pairs[t->nfree++] = p;
+		park_release_pair(t, p); /* empties what a partial update may have set */
 		return;
 	}
 	for (side = SIDE_APP; side <= SIDE_NET; side++) {
@@ -881,6 +883,8 @@ static bool park_wait_for_fds(struct relay_conn *c)
 		fdreg_release(c->park_fd[side]);
 		c->park_fd[side] = -1;
 	}
+	if (t->retry_head == NULL)
+		t->retry_ms = now + UNPARK_RETRY_MS;
 	if (!c->on_retry) {
 		c->on_retry = true;
 		c->retry_next = t->retry_head;
@@ -890,11 +894,22 @@ static bool park_wait_for_fds(struct relay_conn *c)
 	return true;
 }
 
-/* Tries again the connections that waited for descriptors. */
-static void park_retry(struct relay_thread *t)
+/*
+ * Tries again, every UNPARK_RETRY_MS, the connections that waited for
+ * descriptors.  Returns the milliseconds until the next try (the thread's
+ * wait is bounded by it), or -1 when none waits.
+ */
+static int park_retry(struct relay_thread *t)
 {
 	struct relay_conn *c = t->retry_head;
+	long now;
 
+	if (c == NULL)
+		return -1;
+	now = relay_now_ms();
+	if (now < t->retry_ms)
+		return (int)(t->retry_ms - now);
+	t->retry_ms = now + UNPARK_RETRY_MS;
 	t->retry_head = NULL;
 	while (c != NULL) {
 		struct relay_conn *next = c->retry_next;
@@ -904,6 +919,9 @@ static void park_retry(struct relay_thread *t)
 			relay_unpark_one(c); /* back on the list if it fails again */
 		c = next;
 	}
+	/* Those tries reaped the ring: what other connections' polls said is queued. */
+	park_unpark_queued(t);
+	return t->retry_head != NULL ? UNPARK_RETRY_MS : -1;
 }
 
 void relay_set_unpark_patience_ms(long ms)
@@ -990,6 +1008,18 @@ static void relay_unpark_one(struct relay_conn *c)
 			epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->app_fd, NULL);
 		}
 	}
+	if (err == 0) {
+		/*
+		 * The registry before `parked` is cleared: a relay_unpark() waiter
+		 * that sees it cleared finds the socket there.
+		 */
+		rbio = SSL_get_rbio(c->ssl);
+		wbio = SSL_get_wbio(c->ssl);
+		BIO_set_fd(rbio, c->net_fd, BIO_NOCLOSE);
+		if (wbio != rbio)
+			BIO_set_fd(wbio, c->net_fd, BIO_NOCLOSE);
+		fdreg_set_tcp_fd(c->ino, c->net_fd);
+	}
 	pthread_mutex_lock(&t->lock);
 	c->parked = false;
 	t->nparked--;
@@ -1011,12 +1041,6 @@ static void relay_unpark_one(struct relay_conn *c)
 		relay_teardown(c);
 		return;
 	}
-	rbio = SSL_get_rbio(c->ssl);
-	wbio = SSL_get_wbio(c->ssl);
-	BIO_set_fd(rbio, c->net_fd, BIO_NOCLOSE);
-	if (wbio != rbio)
-		BIO_set_fd(wbio, c->net_fd, BIO_NOCLOSE);
-	fdreg_set_tcp_fd(c->ino, c->net_fd);
 	/* Registered for EPOLLIN, as park_candidate() found it: the event is reported again. */
 }
 
@@ -1151,6 +1175,13 @@ int relay_unpark(ino_t ino)
 			clock_gettime(CLOCK_REALTIME, &until);
 			until.tv_sec += UNPARK_WAIT_MS / 1000;
 			while ((c = conn_by_ino_locked(t, ino)) != NULL && c->parked) {
+				if (!c->unpark_req) {
+					/* Unparked, then parked again before we looked: ask again. */
+					c->unpark_req = true;
+					t->unpark_wanted = true;
+					if (write(t->wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
+						log_debug("relay wake failed");
+				}
 				if (pthread_cond_timedwait(&t->cond, &t->lock, &until) ==
 				    ETIMEDOUT) {
 					rc = -1;
@@ -2027,13 +2058,10 @@ static void *relay_main(void *arg)
 
 		timeout = expire_handshakes(t);
 		if (t->park_mode != PARK_OFF) {
-			int sweep = park_sweep(t);
+			int sweep = park_sweep(t), retry = park_retry(t);
 
-			if (t->retry_head != NULL)
-				park_retry(t);
-			if (t->retry_head != NULL)
-				sweep = sweep < 0 || sweep > UNPARK_RETRY_MS ? UNPARK_RETRY_MS
-				                                             : sweep;
+			if (retry >= 0 && (sweep < 0 || retry < sweep))
+				sweep = retry;
 			if (sweep >= 0 && (timeout < 0 || sweep < timeout))
 				timeout = sweep;
 		}
@@ -2435,6 +2463,7 @@ void relay_atfork_child(void)
 		t->unpark_wanted = false;
 		t->unpark_head = NULL;
 		t->retry_head = NULL;
+		t->retry_ms = 0;
 		atomic_store(&t->st_waiting, 0);
 		atomic_store_explicit(&t->st_sleeping, false, memory_order_relaxed);
 		pthread_mutex_init(&t->lock, NULL);

@@ -15,10 +15,12 @@
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 static int sys_setup(unsigned int entries, struct io_uring_params *p)
@@ -29,6 +31,18 @@ static int sys_setup(unsigned int entries, struct io_uring_params *p)
 static int sys_enter(int fd, unsigned int submit, unsigned int wait, unsigned int flags)
 {
 	return (int)syscall(__NR_io_uring_enter, fd, submit, wait, flags, NULL, 0);
+}
+
+/* io_uring_enter() that waits at most `ms` for `wait` completions (ETIME). */
+static int sys_enter_timed(int fd, unsigned int submit, unsigned int wait, long ms)
+{
+	struct __kernel_timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+	struct io_uring_getevents_arg arg;
+
+	memset(&arg, 0, sizeof(arg));
+	arg.ts = (uint64_t)(uintptr_t)&ts;
+	return (int)syscall(__NR_io_uring_enter, fd, submit, wait,
+	                    IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof(arg));
 }
 
 static int sys_register(int fd, unsigned int op, void *arg, unsigned int n)
@@ -48,6 +62,24 @@ static void *map(int fd, size_t len, off_t what)
 		return NULL;
 	}
 	return p;
+}
+
+/*
+ * Linux 6.13 or later.  Before it, a ring's fixed files were released in
+ * order through per-ring resource nodes: a file removed from the table was
+ * closed only once every request older than the removal had finished, so one
+ * poll waiting for hours on an idle connection would keep every connection
+ * parked and closed after it open (no FIN to the server, no EOF to the
+ * program).  6.13 gave each file its own reference.
+ */
+static bool kernel_new_enough(void)
+{
+	struct utsname u;
+	int major = 0, minor = 0;
+
+	if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+		return false;
+	return major > 6 || (major == 6 && minor >= 13);
 }
 
 /* Whether the kernel knows every request the relay makes. */
@@ -74,6 +106,10 @@ int uring_open(struct uring *r, unsigned int entries, unsigned int cq_entries)
 
 	memset(r, 0, sizeof(*r));
 	r->fd = -1;
+	if (!kernel_new_enough()) {
+		errno = ENOSYS;
+		return -1;
+	}
 	memset(&p, 0, sizeof(p));
 	p.flags = IORING_SETUP_CQSIZE;
 	p.cq_entries = cq_entries;
@@ -238,17 +274,21 @@ int uring_install(struct uring *r, unsigned int slot, uint64_t user_data)
 
 int uring_submit(struct uring *r, unsigned int wait)
 {
-	unsigned int n = r->queued;
+	unsigned int n;
 	int rc;
 
-	__atomic_store_n(r->sq_tail, *r->sq_tail + n, __ATOMIC_RELEASE);
+	__atomic_store_n(r->sq_tail, *r->sq_tail + r->queued, __ATOMIC_RELEASE);
 	r->queued = 0;
 	for (;;) {
-		rc = sys_enter(r->fd, n, wait, wait > 0 ? IORING_ENTER_GETEVENTS : 0);
+		/*
+		 * Everything the kernel has not consumed yet, not only what was
+		 * queued now: an earlier call may have submitted part of it.
+		 */
+		n = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+		rc = wait > 0 ? sys_enter_timed(r->fd, n, wait, URING_WAIT_MS)
+		              : sys_enter(r->fd, n, 0, 0);
 		if (rc >= 0 || errno != EINTR)
 			break;
-		/* Interrupted: what was consumed stays consumed; submit the rest. */
-		n = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
 	}
 	return rc;
 }

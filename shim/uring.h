@@ -44,8 +44,9 @@ struct uring_done {
  * slots (both powers of two), its mappings kept from a forked child
  * (MADV_DONTFORK: a child must never write into the parent's ring), and
  * checks that the kernel knows every request the relay makes.  The ring's
- * descriptor is close-on-exec.  -1 with errno: ENOSYS (no io_uring, or one
- * too old for FIXED_FD_INSTALL), EPERM (disabled by sysctl or seccomp), ...
+ * descriptor is close-on-exec.  -1 with errno: ENOSYS (no io_uring, or a
+ * kernel before 6.13: see uring.c, kernel_new_enough), EPERM (disabled by
+ * sysctl or seccomp), ...
  */
 int uring_open(struct uring *r, unsigned int entries, unsigned int cq_entries) TLSSHIM_WUR;
 
@@ -83,9 +84,12 @@ int uring_poll_remove(struct uring *r, uint64_t target, uint64_t user_data);
 int uring_install(struct uring *r, unsigned int slot, uint64_t user_data);
 
 /*
- * Submits what is queued and, with `wait` > 0, waits until at least that
- * many completions are ready.  Returns the number submitted.
+ * Submits what is queued (and whatever an earlier call left unsubmitted)
+ * and, with `wait` > 0, waits until at least that many completions are
+ * ready, at most URING_WAIT_MS (then -1 with ETIME).  Returns the number
+ * submitted.
  */
+#define URING_WAIT_MS 1000
 int uring_submit(struct uring *r, unsigned int wait);
 
 /*

@@ -978,7 +978,7 @@ TEST(RelayPark, AutoParksUnderDescriptorPressure)
 	// own checks at a thread's exit need descriptors (UBSan then reports a
 	// false "invalid vptr"), so it waits for the table to have room again.
 	static std::atomic<bool> room{false};
-	Wrapped w = wrap([](SSL *ssl) {
+	auto patient_echo = [](SSL *ssl) {
 		char buf[16384];
 		int n;
 		while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0)
@@ -986,8 +986,9 @@ TEST(RelayPark, AutoParksUnderDescriptorPressure)
 				break;
 		SSL_shutdown(ssl);
 		settles([] { return room.load(); });
-	});
-	if (!settles([] { return relay_parked() == 1; }))
+	};
+	Wrapped w = wrap(patient_echo), w2 = wrap(patient_echo);
+	if (!settles([] { return relay_parked() == 2; }))
 		_exit(2);
 	struct rlimit rl {
 	};
@@ -1001,17 +1002,25 @@ TEST(RelayPark, AutoParksUnderDescriptorPressure)
 	if (write(w.app, "hello", 5) != 5)
 		_exit(4);
 	if (resumes) {
+		// A second connection wakes while the first waits: both wait, both resume.
 		if (!settles([] { return relay_unpark_waiting() == 1; }))
 			_exit(5);
+		if (write(w2.app, "world", 5) != 5 ||
+		    !settles([] { return relay_unpark_waiting() == 2; })) {
+			fprintf(stderr, "waiting %ld parked %ld\n", relay_unpark_waiting(),
+			        relay_parked());
+			_exit(12);
+		}
 		close(filler.back()); // one free descriptor is not enough: two are needed
 		filler.pop_back();
-		if (relay_unpark_waiting() != 1 || relay_parked() != 1)
+		if (relay_unpark_waiting() != 2 || relay_parked() != 2)
 			_exit(6);
 		for (int fd : filler)
 			close(fd);
 		room = true;
-		unsigned char back[5];
-		if (read_n(w.app, back, 5) != 5 || memcmp(back, "hello", 5) != 0)
+		unsigned char back[5], back2[5];
+		if (read_n(w.app, back, 5) != 5 || memcmp(back, "hello", 5) != 0 ||
+		    read_n(w2.app, back2, 5) != 5 || memcmp(back2, "world", 5) != 0)
 			_exit(7);
 		if (relay_unpark_waiting() != 0)
 			_exit(8);
@@ -1026,8 +1035,8 @@ TEST(RelayPark, AutoParksUnderDescriptorPressure)
 		room = true;
 		if (!eof)
 			_exit(9);
-		if (!relay_settles_at(0) || relay_parked() != 0 || relay_unpark_waiting() != 0)
-			_exit(10);
+		if (!relay_settles_at(1) || relay_parked() != 1 || relay_unpark_waiting() != 0)
+			_exit(10); // the other connection, never woken, is parked still
 	}
 	// The relay still works.
 	Wrapped again = wrap_echo();
@@ -1035,8 +1044,10 @@ TEST(RelayPark, AutoParksUnderDescriptorPressure)
 	if (!exchange(again.app, 5000, &off))
 		_exit(11);
 	close(w.app);
+	close(w2.app);
 	close(again.app);
 	w.peer.reset(); // joined: exit() runs no destructors
+	w2.peer.reset();
 	again.peer.reset();
 	exit(0);
 }
