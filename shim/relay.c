@@ -538,6 +538,13 @@ static void relay_teardown(struct relay_conn *c)
 	pthread_mutex_unlock(&t->lock);
 }
 
+/* Wakes thread `t` out of its epoll_wait() (its wake eventfd). */
+static void relay_wake(struct relay_thread *t)
+{
+	if (write(t->wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
+		log_debug("relay wake failed");
+}
+
 /* --- parking ---------------------------------------------------------------- */
 
 /*
@@ -818,6 +825,16 @@ static void relay_park(struct relay_conn *c, bool locked)
 		pthread_mutex_unlock(&t->lock);
 }
 
+/* Puts `c` on the thread's list to unpark (park_unpark_queued), once. */
+static void park_queue_unpark(struct relay_thread *t, struct relay_conn *c)
+{
+	if (c->unpark_queued)
+		return;
+	c->unpark_queued = true;
+	c->unpark_next = t->unpark_head;
+	t->unpark_head = c;
+}
+
 /* One completion from the ring. */
 static void park_complete(struct relay_thread *t, const struct uring_done *d)
 {
@@ -843,11 +860,8 @@ static void park_complete(struct relay_thread *t, const struct uring_done *d)
 	c->park_armed &= (unsigned char)~(1U << side);
 	if (d->res == -ECANCELED || c->unpark_waiting)
 		return; /* removed by relay_unpark_one(), not news */
-	if (!c->unparking && !c->unpark_queued) {
-		c->unpark_queued = true;
-		c->unpark_next = t->unpark_head;
-		t->unpark_head = c;
-	}
+	if (!c->unparking)
+		park_queue_unpark(t, c);
 }
 
 static void park_reap(struct relay_thread *t)
@@ -1070,11 +1084,8 @@ static bool park_take_requests_locked(struct relay_thread *t)
 	t->unpark_wanted = false;
 	for (c = t->conns; c != NULL; c = c->next) {
 		/* One waiting for descriptors is retried anyway (park_retry). */
-		if (c->unpark_req && c->parked && !c->unpark_queued && !c->unpark_waiting) {
-			c->unpark_queued = true;
-			c->unpark_next = t->unpark_head;
-			t->unpark_head = c;
-		}
+		if (c->unpark_req && c->parked && !c->unpark_waiting)
+			park_queue_unpark(t, c);
 	}
 	return true;
 }
@@ -1110,9 +1121,8 @@ static int park_sweep(struct relay_thread *t)
 	 * event to come.  Wake them to sweep too (each at most once a second).
 	 */
 	for (i = 0; i < n; i++)
-		if (&relay_threads[i] != t &&
-		    write(relay_threads[i].wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
-			log_debug("relay wake failed");
+		if (&relay_threads[i] != t)
+			relay_wake(&relay_threads[i]);
 	return -1;
 }
 
@@ -1170,8 +1180,7 @@ int relay_unpark(ino_t ino)
 		if (c->parked) {
 			c->unpark_req = true;
 			t->unpark_wanted = true;
-			if (write(t->wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
-				log_debug("relay wake failed");
+			relay_wake(t);
 			clock_gettime(CLOCK_REALTIME, &until);
 			until.tv_sec += UNPARK_WAIT_MS / 1000;
 			while ((c = conn_by_ino_locked(t, ino)) != NULL && c->parked) {
@@ -1179,8 +1188,7 @@ int relay_unpark(ino_t ino)
 					/* Unparked, then parked again before we looked: ask again. */
 					c->unpark_req = true;
 					t->unpark_wanted = true;
-					if (write(t->wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
-						log_debug("relay wake failed");
+					relay_wake(t);
 				}
 				if (pthread_cond_timedwait(&t->cond, &t->lock, &until) ==
 				    ETIMEDOUT) {
@@ -2094,7 +2102,6 @@ static void *relay_main(void *arg)
 static void relay_atexit(void)
 {
 	struct timespec until;
-	uint64_t one = 1;
 	int n, i;
 
 	pthread_mutex_lock(&relay_lock);
@@ -2108,8 +2115,7 @@ static void relay_atexit(void)
 		pthread_mutex_lock(&t->lock);
 		t->exiting = true;
 		pthread_mutex_unlock(&t->lock);
-		if (write(t->wakefd, &one, sizeof(one)) < 0)
-			log_debug("relay wake failed");
+		relay_wake(t);
 	}
 
 	/* One deadline for all of them. */
@@ -2350,8 +2356,7 @@ int relay_add(const struct relay_spec *spec)
 	if (c->handshaking) {
 		t->nhandshaking++;
 		/* A new deadline may be the nearest: have the thread recompute. */
-		if (write(t->wakefd, &(uint64_t){1}, sizeof(uint64_t)) < 0)
-			log_debug("relay wake failed");
+		relay_wake(t);
 	}
 	pthread_mutex_unlock(&t->lock);
 	pthread_mutex_unlock(&relay_lock);

@@ -907,11 +907,21 @@ bool can_park()
 	exit(ok ? 0 : 1);
 }
 
-TEST(RelayPark, AlwaysParksIdleConnectionsAndKeepsEveryStream)
+// Each case runs in a fresh process (a death test's child): the relay reads
+// relay_park when its first thread starts, and threads run until exit.
+class RelayPark : public ::testing::Test
 {
-	if (!can_park())
-		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
-	GTEST_FLAG_SET(death_test_style, "threadsafe");
+      protected:
+	void SetUp() override
+	{
+		if (!can_park())
+			GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
+		GTEST_FLAG_SET(death_test_style, "threadsafe");
+	}
+};
+
+TEST_F(RelayPark, AlwaysParksIdleConnectionsAndKeepsEveryStream)
+{
 	EXPECT_EXIT(run_park_always(), ::testing::ExitedWithCode(0), "");
 }
 
@@ -956,11 +966,8 @@ TEST(RelayPark, AlwaysParksIdleConnectionsAndKeepsEveryStream)
 	exit(ok ? 0 : 1);
 }
 
-TEST(RelayPark, AutoParksUnderDescriptorPressure)
+TEST_F(RelayPark, AutoParksUnderDescriptorPressure)
 {
-	if (!can_park())
-		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
-	GTEST_FLAG_SET(death_test_style, "threadsafe");
 	EXPECT_EXIT(run_park_auto(), ::testing::ExitedWithCode(0), "");
 }
 
@@ -1052,19 +1059,13 @@ TEST(RelayPark, AutoParksUnderDescriptorPressure)
 	exit(0);
 }
 
-TEST(RelayPark, NoDescriptorToResumeWaitsUntilOneIsFree)
+TEST_F(RelayPark, NoDescriptorToResumeWaitsUntilOneIsFree)
 {
-	if (!can_park())
-		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
-	GTEST_FLAG_SET(death_test_style, "threadsafe");
 	EXPECT_EXIT(run_park_no_descriptors(true), ::testing::ExitedWithCode(0), "");
 }
 
-TEST(RelayPark, NoDescriptorForTooLongClosesTheConnection)
+TEST_F(RelayPark, NoDescriptorForTooLongClosesTheConnection)
 {
-	if (!can_park())
-		GTEST_SKIP() << "no io_uring with FIXED_FD_INSTALL here";
-	GTEST_FLAG_SET(death_test_style, "threadsafe");
 	EXPECT_EXIT(run_park_no_descriptors(false), ::testing::ExitedWithCode(0),
 	            "event=relay_failed .*reason=\"parked connection not resumed: Too many open "
 	            "files \\(waited too long for a descriptor\\)\"");
@@ -1104,7 +1105,7 @@ TEST(RelayPark, NoDescriptorForTooLongClosesTheConnection)
 	exit(relay_settles_at(0) ? 0 : 6);
 }
 
-TEST(RelayPark, WithoutIoUringNothingParksAndOneLineSaysSo)
+TEST(RelayParkUnavailable, WithoutIoUringNothingParksAndOneLineSaysSo)
 {
 	GTEST_FLAG_SET(death_test_style, "threadsafe");
 	EXPECT_EXIT(run_park_forbidden(), ::testing::ExitedWithCode(0),
